@@ -1,0 +1,1 @@
+"""Alembic migration scripts (date-prefixed files in ``versions/``)."""

@@ -1,0 +1,18 @@
+"""SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
+
+from models.attempt import Attempt
+from models.base import Base, UTCDateTime
+from models.member import Member
+from models.notification import Notification
+from models.ops import Lock, OpsAction, ScanRun
+
+__all__ = [
+    "Attempt",
+    "Base",
+    "Lock",
+    "Member",
+    "Notification",
+    "OpsAction",
+    "ScanRun",
+    "UTCDateTime",
+]

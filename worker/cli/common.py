@@ -1,0 +1,31 @@
+"""Helpers shared by CLI commands: settings, logging, engine, JSON output."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+
+from worker.config import Settings, get_settings
+from worker.logging import configure_logging, register_secret
+
+console = Console(highlight=False)
+
+
+def setup(*, quiet: bool = False) -> Settings:
+    """Load settings (ConfigError → exit 2 in main) and configure logging once."""
+    settings = get_settings()
+    register_secret(settings.mx_api_key.get_secret_value())
+    if settings.webhook_secret is not None:
+        register_secret(settings.webhook_secret.get_secret_value())
+    configure_logging(
+        fmt=settings.log_format.value if settings.log_format else None,
+        level="WARNING" if quiet else settings.log_level,
+    )
+    return settings
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output on stdout, one JSON document."""
+    print(json.dumps(data, default=str, indent=2, sort_keys=True))

@@ -1,0 +1,78 @@
+"""Engine and unit-of-work helpers: the one place that opens connections and commits.
+
+Repositories never commit; :func:`session_scope` commits once at the end of a unit of work or
+rolls back on error. SQLAlchemy connection errors are translated into :class:`StorageError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.errors import ConfigError, StorageError
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine for ``url`` with the settings this service relies on.
+
+    SQLite gets a busy timeout and WAL so the embedded default tolerates a CLI next to a worker;
+    PostgreSQL gets ``pool_pre_ping`` so a connection killed under us is replaced, not reused.
+    """
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+                # Let SQLAlchemy, not pysqlite, decide when a transaction begins, so that
+                # BEGIN IMMEDIATE (below) really takes the write lock up front.
+                dbapi_conn.isolation_level = None
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+            @event.listens_for(engine, "begin")
+            def _sqlite_begin(conn: Any) -> None:
+                # One writer at a time: every unit of work takes the write lock when it starts,
+                # which is how claims stay exclusive on a database without row locks.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+            return engine
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"REAUTH_DATABASE_URL: cannot use this URL: {exc}") from None
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    """One engine per URL per process (Celery prefork children build theirs after the fork)."""
+    return make_engine(url)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work: commit on success, roll back on any error, always close."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        raise StorageError(f"database error: {exc.orig or exc}") from exc
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
