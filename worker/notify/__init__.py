@@ -1,0 +1,1 @@
+"""Notification delivery: the message contract, the sinks and the outbox relay."""

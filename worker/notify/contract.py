@@ -1,0 +1,52 @@
+"""The notification message contract (version 1). Downstream consumers depend on it: keep it
+stable, add fields only, and bump :data:`VERSION` for anything else. Documented in
+docs/NOTIFICATIONS.md."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+#: ``type`` of every message this service emits.
+MESSAGE_TYPE = "reauth.oauth_link"
+#: Contract version; consumers should accept unknown fields.
+VERSION = 1
+
+
+def idempotency_key(member_guid: str, episode: int, reminder: int) -> str:
+    """One notification per (member, episode, reminder): the outbox's unique key."""
+    return f"{member_guid}:{episode}:{reminder}"
+
+
+def build_message(
+    *,
+    notification_id: uuid.UUID,
+    user_guid: str,
+    member_guid: str,
+    institution_code: str,
+    reason: str,
+    oauth_window_uri: str,
+    generated_at: datetime,
+    episode: int,
+    reminder: int,
+    skip_aggregation: bool,
+    channel: str,
+) -> dict[str, Any]:
+    """The JSON object delivered to every sink."""
+    return {
+        "id": str(notification_id),
+        "idempotency_key": idempotency_key(member_guid, episode, reminder),
+        "type": MESSAGE_TYPE,
+        "version": VERSION,
+        "user_guid": user_guid,
+        "member_guid": member_guid,
+        "institution_code": institution_code,
+        "reason": reason,
+        "oauth_window_uri": oauth_window_uri,
+        "generated_at": generated_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "episode": episode,
+        "reminder": reminder,
+        "skip_aggregation": skip_aggregation,
+        "channel": channel,
+    }
