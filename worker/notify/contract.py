@@ -19,6 +19,11 @@ def idempotency_key(member_guid: str, episode: int, reminder: int) -> str:
     return f"{member_guid}:{episode}:{reminder}"
 
 
+def format_time(value: datetime) -> str:
+    """ISO 8601 UTC with a ``Z`` suffix, the contract's time format."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def build_message(
     *,
     notification_id: uuid.UUID,
@@ -44,7 +49,7 @@ def build_message(
         "institution_code": institution_code,
         "reason": reason,
         "oauth_window_uri": oauth_window_uri,
-        "generated_at": generated_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "generated_at": format_time(generated_at),
         "episode": episode,
         "reminder": reminder,
         "skip_aggregation": skip_aggregation,

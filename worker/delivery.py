@@ -1,0 +1,52 @@
+"""Glue between the outbox relay (worker/notify) and the pipeline: one dispatch pass.
+
+The relay delivers; when a row's link is older than REAUTH_LINK_MAX_AGE it first asks
+:func:`worker.pipeline.refresh_links` to regenerate it, so no stale one-time URI is delivered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from worker.runtime import Runtime
+
+_sinks: dict[int, Any] = {}
+
+
+def sink_for(rt: Runtime) -> Any:
+    """One sink per runtime (it holds connections)."""
+    from worker.notify.sinks import build_sink
+
+    key = id(rt)
+    if key not in _sinks:
+        _sinks[key] = build_sink(rt.settings)
+    return _sinks[key]
+
+
+def close_sinks() -> None:
+    for sink in _sinks.values():
+        sink.close()
+    _sinks.clear()
+
+
+def dispatch(rt: Runtime, *, clock: Callable[[], datetime], owner: str) -> dict[str, Any]:
+    """Deliver every due outbox row once (refreshing stale links first)."""
+    from worker.notify.relay import dispatch_pending
+    from worker.pipeline import refresh_links
+
+    def refresher(ids: Sequence[uuid.UUID], now: datetime) -> None:
+        refresh_links(rt, ids, clock=clock)
+
+    result = dispatch_pending(
+        settings=rt.settings,
+        sessions=rt.sessions,
+        sink=sink_for(rt),
+        now=clock(),
+        owner=owner,
+        refresher=refresher,
+    )
+    as_dict = getattr(result, "as_dict", None)
+    return dict(as_dict()) if callable(as_dict) else dict(vars(result))

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the worker (served on REAUTH_METRICS_PORT when set).
+
+Celery prefork children are separate processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set,
+prometheus-client's multiprocess mode aggregates them and the parent serves the sum; otherwise
+each process serves only its own figures.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+#: MX calls by outcome (success, transient, not_oauth_capable, ...).
+ATTEMPTS = Counter("reauth_attempts_total", "MX oauth_window_uri calls by outcome", ["outcome"])
+#: MX call latency.
+MX_LATENCY = Histogram(
+    "reauth_mx_latency_seconds",
+    "Latency of MX oauth_window_uri calls",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+#: Members due at the start of the last scan.
+MEMBERS_DUE = Gauge("reauth_members_due", "Members due at the last scan", multiprocess_mode="max")
+#: Outbox rows not yet delivered.
+OUTBOX_BACKLOG = Gauge(
+    "reauth_outbox_backlog", "Pending notifications in the outbox", multiprocess_mode="max"
+)
+#: Scan duration.
+SCAN_DURATION = Histogram("reauth_scan_duration_seconds", "Duration of scans")
+#: Notifications delivered, retried or dead.
+NOTIFICATIONS = Counter("reauth_notifications_total", "Outbox deliveries by result", ["result"])
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on ``port`` (0 picks none)."""
+    if not port:
+        return
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(port, registry=registry)
+    else:
+        start_http_server(port)

@@ -1,0 +1,234 @@
+"""Operator actions as plain functions: rerun, oauth-result, status, history, audit.
+
+The CLI is a thin shell over these. Every state-changing action is recorded in ``ops_actions``
+with its actor, arguments and reason, in the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import Attempt, Member, Notification, OpsAction, ScanRun
+from worker import repository as repo
+from worker.errors import InputError, UnknownMemberError
+from worker.policy import OAUTH_ERROR_REASONS, Reason, ended_by_oauth_success, reason_for
+from worker.runtime import Runtime
+
+
+def default_actor() -> str:
+    """The OS user running the command (overridden by ``--actor``)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    command: str,
+    arguments: dict[str, Any],
+    why: str | None,
+    result: dict[str, Any] | None,
+    now: datetime,
+) -> None:
+    session.add(
+        OpsAction(
+            actor=actor, command=command, arguments=arguments, why=why, result=result,
+            created_at=now,
+        )
+    )  # fmt: skip
+
+
+def members_by_guid(session: Session, guids: Sequence[str]) -> list[Member]:
+    """The members named, or :class:`UnknownMemberError` naming every unknown guid."""
+    found = repo.by_guids(session, list(guids))
+    missing = [g for g in guids if g not in found]
+    if missing:
+        raise UnknownMemberError(missing)
+    return [found[g] for g in guids]
+
+
+def select_for_rerun(
+    rt: Runtime,
+    session: Session,
+    *,
+    guids: Sequence[str],
+    reason: Reason | None,
+    institution: str | None,
+    now: datetime,
+) -> list[int]:
+    """Member ids an operator's rerun applies to."""
+    if guids:
+        return [m.id for m in members_by_guid(session, guids)]
+    if reason is None:
+        raise InputError("rerun needs member guids or --reason")
+    stmt = select(Member).where(Member.is_oauth.is_(True))
+    if institution:
+        stmt = stmt.where(Member.institution_code == institution)
+    cfg = rt.policy
+    ids = []
+    for m in session.scalars(stmt.execution_options(yield_per=1000)):
+        if reason_for(repo.snapshot(m), now, cfg) is reason:
+            ids.append(m.id)
+    return ids
+
+
+def oauth_result(
+    session: Session,
+    *,
+    member_guid: str,
+    status: str,
+    error_reason: str | None,
+    now: datetime,
+    actor: str,
+) -> dict[str, Any]:
+    """Record the end of an OAuth attempt. Success ends the episode and stops reminders."""
+    status = status.lower()
+    if status not in {"success", "error"}:
+        raise InputError(f"--status must be success or error, not {status!r}")
+    if error_reason is not None:
+        error_reason = error_reason.upper()
+        if error_reason not in OAUTH_ERROR_REASONS:
+            raise InputError(
+                f"--error-reason {error_reason!r} is not one of {sorted(OAUTH_ERROR_REASONS)}"
+            )
+        if status == "success":
+            raise InputError("--error-reason only goes with --status error")
+    (m,) = members_by_guid(session, [member_guid])
+    before = {"state": m.reauth_state, "episode": m.episode}
+    if status == "success":
+        m.oauth_status = "SUCCESS"
+        m.oauth_error_reason = None
+        # MX aggregates and reconnects the member after a successful OAuth; until an import
+        # says otherwise, the member counts as CONNECTED so no new episode opens on old data.
+        m.connection_status = "CONNECTED"
+        for col, val in repo.fields_to_columns(ended_by_oauth_success(repo.snapshot(m))).items():
+            setattr(m, col, val)
+    else:
+        m.oauth_status = "ERRORED"
+        m.oauth_error_reason = error_reason
+        m.next_attempt_at = now  # let the next scan decide (e.g. CANCELLED → abandoned)
+    result = {
+        "member_guid": m.member_guid,
+        "before": before,
+        "after": {"state": m.reauth_state, "episode": m.episode},
+        "oauth_status": m.oauth_status,
+    }
+    record(
+        session,
+        actor=actor,
+        command="oauth-result",
+        arguments={"member_guid": member_guid, "status": status, "error_reason": error_reason},
+        why=None,
+        result=result,
+        now=now,
+    )
+    return result
+
+
+def status(session: Session) -> dict[str, Any]:
+    """Members per state and reason, outbox by status, the last scan, the gave-up count."""
+    by_state = {
+        f"{state}/{reason or '-'}": n
+        for state, reason, n in session.execute(
+            select(Member.reauth_state, Member.reauth_reason, func.count())
+            .group_by(Member.reauth_state, Member.reauth_reason)
+            .order_by(Member.reauth_state, Member.reauth_reason)
+        )
+    }
+    outbox = dict(
+        session.execute(select(Notification.status, func.count()).group_by(Notification.status))
+        .tuples()
+        .all()
+    )
+    last = session.scalars(select(ScanRun).order_by(ScanRun.id.desc()).limit(1)).first()
+    gave_up = session.scalar(
+        select(func.count()).select_from(Member).where(Member.reauth_state == "gave_up")
+    )
+    return {
+        "members": by_state,
+        "members_total": sum(by_state.values()),
+        "outbox": {k: outbox.get(k, 0) for k in ("pending", "sent", "dead")},
+        "gave_up": int(gave_up or 0),
+        "last_scan": None
+        if last is None
+        else {
+            "trigger": last.trigger,
+            "started_at": last.started_at.isoformat(),
+            "duration_s": last.duration_s,
+            "claimed": last.claimed,
+            "batches": last.batches,
+        },
+    }
+
+
+def history(session: Session, member_guid: str) -> dict[str, Any]:
+    """Attempts, notifications and ops actions of one member, in time order."""
+    (m,) = members_by_guid(session, [member_guid])
+    events: list[dict[str, Any]] = []
+    for a in session.scalars(select(Attempt).where(Attempt.member_id == m.id)):
+        events.append(
+            {
+                "at": a.created_at,
+                "kind": "attempt",
+                "episode": a.episode,
+                "reminder": a.reminder,
+                "trigger": a.trigger,
+                "outcome": a.outcome,
+                "http_status": a.http_status,
+                "referral_source": a.referral_source,
+                "skip_aggregation": a.skip_aggregation,
+                "skip_aggregation_why": a.skip_aggregation_why,
+                "redirect_used": a.redirect_used,
+                "error": a.error_class,
+                "latency_ms": a.latency_ms,
+            }
+        )
+    for n in session.scalars(select(Notification).where(Notification.member_id == m.id)):
+        events.append(
+            {
+                "at": n.created_at,
+                "kind": "notification",
+                "id": str(n.id),
+                "idempotency_key": n.idempotency_key,
+                "status": n.status,
+                "attempts": n.attempts,
+                "sent_at": n.sent_at,
+            }
+        )
+    for o in session.scalars(select(OpsAction).order_by(OpsAction.id)):
+        args = o.arguments or {}
+        if member_guid in (args.get("member_guids") or []) or args.get("member_guid") == (
+            member_guid
+        ):
+            events.append(
+                {"at": o.created_at, "kind": "ops", "command": o.command, "actor": o.actor,
+                 "why": o.why}
+            )  # fmt: skip
+    events.sort(key=lambda e: e["at"])
+    return {
+        "member": {
+            "member_guid": m.member_guid,
+            "user_guid": m.user_guid,
+            "institution_code": m.institution_code,
+            "connection_status": m.connection_status,
+            "state": m.reauth_state,
+            "reason": m.reauth_reason,
+            "episode": m.episode,
+            "reminders_sent": m.reminders_sent,
+            "attempts": m.attempts,
+            "next_attempt_at": m.next_attempt_at,
+            "last_error": m.last_error,
+            "mx_member_guid": m.mx_member_guid,
+        },
+        "events": events,
+    }

@@ -1,0 +1,273 @@
+"""The periodic scan: claim due members page by page and hand each page to a dispatcher.
+
+Safe when fired twice at once (two beats, beat plus ``reauth scan``): a scan first takes a
+singleton lock — a PostgreSQL advisory lock held on its own connection, or a lease row in the
+``locks`` table on SQLite — and a second scan that cannot take it returns at once. Even without
+the lock two scans could not take the same member: claims are exclusive (see repository.py).
+
+Pages are claimed in (next_attempt_at, id) keyset order and committed *before* they are handed to
+the dispatcher (Celery ``send_task`` or an in-process call), so a message never refers to a claim
+that is not in the database. A dispatcher that fails leaves the claim to expire and be retaken.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, delete, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from models import Lock, Member, ScanRun
+from worker import metrics
+from worker import repository as repo
+from worker.db import session_scope
+from worker.policy import Generate, Reason, decide, reason_for
+from worker.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+#: pg advisory lock key of the scan (any fixed 64-bit number; this is crc32("reauth.scan")).
+SCAN_LOCK_KEY = 0x5EA7_5CA9
+SCAN_LOCK_NAME = "reauth.scan"
+#: The SQLite lease lock outlives a crashed scan by at most this long.
+SCAN_LOCK_LEASE = timedelta(minutes=10)
+
+#: Hands a claimed page (member ids, claim owner) to whoever processes it.
+Dispatch = Callable[[list[int], str], None]
+
+
+@dataclass
+class ScanResult:
+    skipped_lock: bool = False
+    claimed: int = 0
+    batches: int = 0
+    duration_s: float = 0.0
+    due_at_start: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "skipped_lock": self.skipped_lock,
+            "claimed": self.claimed,
+            "batches": self.batches,
+            "duration_s": round(self.duration_s, 3),
+            "due_at_start": self.due_at_start,
+        }
+
+
+@contextmanager
+def scan_lock(engine: Engine, *, now: datetime, owner: str) -> Iterator[bool]:
+    """Yield True when this process holds the scan singleton lock, False when another does."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            got = bool(
+                conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": SCAN_LOCK_KEY}).scalar()
+            )
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCAN_LOCK_KEY})
+                    conn.commit()
+        return
+    got = _take_lease_lock(engine, now=now, owner=owner)
+    try:
+        yield got
+    finally:
+        if got:
+            with engine.begin() as conn:
+                conn.execute(delete(Lock).where(Lock.name == SCAN_LOCK_NAME, Lock.owner == owner))
+
+
+def _take_lease_lock(engine: Engine, *, now: datetime, owner: str) -> bool:
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(Lock)
+            .where(Lock.name == SCAN_LOCK_NAME, Lock.expires_at < now)
+            .values(owner=owner, expires_at=now + SCAN_LOCK_LEASE)
+        ).rowcount
+        if taken:
+            return True
+        if conn.execute(select(Lock.name).where(Lock.name == SCAN_LOCK_NAME)).first():
+            return False
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    Lock.__table__.insert().values(
+                        name=SCAN_LOCK_NAME, owner=owner, expires_at=now + SCAN_LOCK_LEASE
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+
+def run_scan(
+    rt: Runtime,
+    dispatch: Dispatch,
+    *,
+    clock: Callable[[], datetime],
+    trigger: str = "beat",
+    limit: int | None = None,
+    reason: Reason | None = None,
+) -> ScanResult:
+    """Claim every due member (at most ``limit``) in batches and dispatch each batch."""
+    started = time.perf_counter()
+    now = clock()
+    result = ScanResult()
+    run_owner = repo.new_owner()
+    with scan_lock(rt.engine, now=now, owner=run_owner) as got:
+        if not got:
+            log.info("scan_skipped", why="another scan holds the lock", trigger=trigger)
+            result.skipped_lock = True
+            return result
+        with session_scope(rt.sessions) as s:
+            result.due_at_start = repo.due_count(s, now)
+        metrics.MEMBERS_DUE.set(result.due_at_start)
+        after: tuple[datetime, int] | None = None
+        size = rt.settings.batch_size
+        while limit is None or result.claimed < limit:
+            want = size if limit is None else min(size, limit - result.claimed)
+            owner = repo.new_owner()
+            with session_scope(rt.sessions) as s:
+                if reason is None:
+                    page = repo.claim_due(
+                        s, now=now, owner=owner, lease=rt.settings.claim_lease,
+                        limit=want, after=after,
+                    )  # fmt: skip
+                    ids, after = page.ids, page.last
+                else:
+                    ids, after, exhausted = _claim_for_reason(rt, s, now, owner, want, after, reason)
+                    if not ids and not exhausted:
+                        continue
+            if not ids:
+                break
+            dispatch(ids, owner)
+            result.claimed += len(ids)
+            result.batches += 1
+            if after is None:
+                break
+    result.duration_s = time.perf_counter() - started
+    metrics.SCAN_DURATION.observe(result.duration_s)
+    with session_scope(rt.sessions) as s:
+        s.add(
+            ScanRun(
+                trigger=trigger,
+                started_at=now,
+                finished_at=clock(),
+                duration_s=result.duration_s,
+                claimed=result.claimed,
+                batches=result.batches,
+            )
+        )
+    log.info("scan_finished", trigger=trigger, **result.as_dict())
+    return result
+
+
+def _claim_for_reason(
+    rt: Runtime,
+    s: Any,
+    now: datetime,
+    owner: str,
+    want: int,
+    after: tuple[datetime, int] | None,
+    reason: Reason,
+) -> tuple[list[int], tuple[datetime, int] | None, bool]:
+    """Walk one page of due members and claim those whose reason is ``reason``."""
+    page = due_members(s, now=now, limit=want, after=after)
+    if not page:
+        return [], after, True
+    cfg = rt.policy
+    matching = [m.id for m in page if reason_for(repo.snapshot(m), now, cfg) is reason]
+    last = page[-1]
+    assert last.next_attempt_at is not None
+    new_after = (last.next_attempt_at, last.id)
+    if not matching:
+        return [], new_after, False
+    claimed = repo.claim_due(
+        s, now=now, owner=owner, lease=rt.settings.claim_lease, limit=len(matching),
+        member_ids=matching,
+    )  # fmt: skip
+    return claimed.ids, new_after, False
+
+
+def due_members(
+    s: Any, *, now: datetime, limit: int, after: tuple[datetime, int] | None = None
+) -> Sequence[Member]:
+    """Read (without claiming) a keyset page of due members."""
+    stmt = select(Member).where(repo._due_clause(now))
+    if after is not None:
+        stmt = stmt.where(
+            (Member.next_attempt_at > after[0])
+            | ((Member.next_attempt_at == after[0]) & (Member.id > after[1]))
+        )
+    return list(s.scalars(stmt.order_by(Member.next_attempt_at, Member.id).limit(limit)))
+
+
+@dataclass
+class DryRunRow:
+    member_guid: str
+    reason: str | None
+    action: str
+    episode: int
+    reminder: int | None
+    skip_aggregation: bool | None
+    skip_why: str | None
+    channel: str
+    redirect: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dry_run(
+    rt: Runtime, *, now: datetime, limit: int | None = None, reason: Reason | None = None
+) -> list[DryRunRow]:
+    """What a scan would do now, member by member. Reads only: no claim, no write, no MX call."""
+    cfg = rt.policy
+    rows: list[DryRunRow] = []
+    after: tuple[datetime, int] | None = None
+    with rt.engine.connect() as conn:
+        from sqlalchemy.orm import Session
+
+        s = Session(bind=conn)
+        while limit is None or len(rows) < limit:
+            page = due_members(s, now=now, limit=rt.settings.batch_size, after=after)
+            if not page:
+                break
+            last = page[-1]
+            assert last.next_attempt_at is not None
+            after = (last.next_attempt_at, last.id)
+            for m in page:
+                snap = repo.snapshot(m)
+                d = decide(snap, now, cfg)
+                if reason is not None and reason_for(snap, now, cfg) is not reason:
+                    continue
+                if isinstance(d, Generate):
+                    rows.append(
+                        DryRunRow(
+                            member_guid=m.member_guid, reason=d.reason.value, action="generate",
+                            episode=d.episode, reminder=d.reminder,
+                            skip_aggregation=d.skip_aggregation, skip_why=d.skip_why.value,
+                            channel=d.params.referral_source,
+                            redirect=d.params.client_redirect_url is not None,
+                        )
+                    )  # fmt: skip
+                else:
+                    rows.append(
+                        DryRunRow(
+                            member_guid=m.member_guid,
+                            reason=d.fields.reason.value if d.fields.reason else None,
+                            action=d.note, episode=d.fields.episode, reminder=None,
+                            skip_aggregation=None, skip_why=None, channel=m.channel,
+                        )
+                    )  # fmt: skip
+                if limit is not None and len(rows) >= limit:
+                    break
+        s.close()
+        conn.rollback()
+    return rows
