@@ -47,6 +47,27 @@ class NotifySink(StrEnum):
     FILE = "file"
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept seconds ("1800", 1800), a number with a unit ("30m", "24h", "2d") or ISO 8601."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            return timedelta(seconds=float(text))
+        except ValueError:
+            pass
+        if text[:-1] and text[-1] in _DURATION_UNITS:
+            try:
+                return timedelta(seconds=float(text[:-1]) * _DURATION_UNITS[text[-1]])
+            except ValueError:
+                pass
+    return value
+
+
 def _split_list(value: Any) -> Any:
     """Accept a JSON list or a comma-separated string for list settings."""
     if isinstance(value, str):
@@ -149,6 +170,7 @@ class Settings(BaseSettings):
             ) from exc
         if url.get_backend_name() not in {"sqlite", "postgresql"}:
             raise ValueError(f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
+        # SQLAlchemy 2.1 defaults plain postgresql:// to psycopg 3; anything else is refused.
         if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
             raise ValueError("PostgreSQL URLs must use the psycopg 3 driver: postgresql+psycopg://...")
         return value
@@ -180,7 +202,17 @@ class Settings(BaseSettings):
     @field_validator("reminder_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: Any) -> Any:
-        return _split_list(value)
+        items = _split_list(value)
+        return [_parse_duration(v) for v in items] if isinstance(items, list) else items
+
+    @field_validator(
+        "mx_session_margin", "abandon_after", "aggregation_freshness", "backoff_base",
+        "backoff_cap", "scan_interval", "claim_lease", "notify_lease", "link_max_age",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return _parse_duration(value)
 
     @field_validator("reminder_schedule")
     @classmethod

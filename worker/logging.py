@@ -17,7 +17,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import structlog
@@ -84,7 +84,8 @@ def _scrub(key: str, value: Any, depth: int = 0) -> Any:
     if _is_secret_key(key) and value not in (None, ""):
         return REDACTED
     if key.lower() in URI_KEYS and isinstance(value, str):
-        return fingerprint_uri(value)
+        # Idempotent: events pass through redact twice (structlog chain, then the formatter).
+        return value if "/…#" in value else fingerprint_uri(value)
     if isinstance(value, str):
         return _scrub_text(value)
     if isinstance(value, MutableMapping):
@@ -111,10 +112,13 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def configure_logging(*, fmt: str | None = None, level: str = "INFO") -> None:
+def configure_logging(
+    *, fmt: str | None = None, level: str = "INFO", stream: TextIO | None = None
+) -> None:
     """Configure structlog and the stdlib root logger once per process.
 
     ``fmt`` is ``"json"`` or ``"console"``; ``None`` picks console on a TTY and JSON otherwise.
+    ``stream`` defaults to standard error.
     """
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -131,6 +135,9 @@ def configure_logging(*, fmt: str | None = None, level: str = "INFO") -> None:
             *_shared_processors(),
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
+            # Redact before the event leaves structlog, so no handler (ours, pytest's, an error
+            # tracker's) ever holds the secret; the formatter redacts stdlib records again.
+            redact,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -147,7 +154,7 @@ def configure_logging(*, fmt: str | None = None, level: str = "INFO") -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     handler.set_name("reauth")
     root = logging.getLogger()

@@ -1,0 +1,120 @@
+"""Settings: defaults, parsing, and one clear message (exit 2) for every invalid value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from worker.config import MxApi, NotifySink, load_settings
+from worker.errors import ConfigError
+
+
+def test_defaults_run_without_services() -> None:
+    """With nothing set: SQLite in the working directory, no broker, file sink, Nexus API."""
+    s = load_settings()
+    assert s.database_url == "sqlite:///reauth.db"
+    assert s.broker_url is None
+    assert s.redis_url is None
+    assert s.mx_api is MxApi.NEXUS
+    assert s.effective_notify_sink is NotifySink.FILE
+    assert s.reminder_schedule == [timedelta(0), timedelta(hours=24), timedelta(hours=72)]
+
+
+def test_env_prefix_and_list_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REAUTH_ variables are read; list settings take JSON or comma-separated values."""
+    monkeypatch.setenv("REAUTH_REDIS_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("REAUTH_ALLOWED_REDIRECT_PREFIXES", "https://a.example/, https://b.example/")
+    monkeypatch.setenv("REAUTH_APP_REDIRECT_URL", "https://b.example/oauth")
+    monkeypatch.setenv("REAUTH_REMINDER_SCHEDULE", "[0, 3600]")
+    monkeypatch.setenv("REAUTH_ABANDON_AFTER", "45m")
+    monkeypatch.setenv("REAUTH_AGGREGATION_FRESHNESS", "86400")
+    s = load_settings()
+    assert s.abandon_after == timedelta(minutes=45)
+    assert s.aggregation_freshness == timedelta(days=1)
+    assert s.allowed_redirect_prefixes == ["https://a.example/", "https://b.example/"]
+    assert s.reminder_schedule == [timedelta(0), timedelta(hours=1)]
+    assert s.effective_notify_sink is NotifySink.REDIS_STREAM
+
+
+def test_api_key_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MX API key is a SecretStr: repr and str of the settings do not show it."""
+    monkeypatch.setenv("REAUTH_MX_API_KEY", "sk-live-very-secret-123")
+    s = load_settings()
+    assert "sk-live-very-secret-123" not in repr(s)
+    assert "sk-live-very-secret-123" not in str(s)
+    assert s.mx_api_key.get_secret_value() == "sk-live-very-secret-123"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "fragment"),
+    [
+        ("REAUTH_DATABASE_URL", "nonsense", "not a database URL"),
+        ("REAUTH_DATABASE_URL", "mysql://x/y", "unsupported database"),
+        ("REAUTH_DATABASE_URL", "postgresql+psycopg2://x/y", "psycopg 3"),
+        ("REAUTH_REDIS_URL", "http://x", "redis://"),
+        ("REAUTH_MX_API", "soap", "nexus"),
+        ("REAUTH_MX_BASE_URL", "ftp://x", "http"),
+        ("REAUTH_MX_MAX_CONCURRENCY", "0", "greater than or equal to 1"),
+        ("REAUTH_BATCH_SIZE", "lots", "valid integer"),
+        ("REAUTH_REMINDER_SCHEDULE", "3600,0", "increasing"),
+        ("REAUTH_LOG_LEVEL", "LOUD", "DEBUG"),
+        ("REAUTH_NOTIFY_SINK", "pigeon", "redis-stream"),
+        ("REAUTH_ABANDON_AFTER", "soon", "timedelta"),
+        ("REAUTH_REASON_OVERRIDES", '{"EXPIRED": "gone"}', "reasons must be"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, fragment: str
+) -> None:
+    """Each invalid value gives a ConfigError naming the variable and what is wrong."""
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert env in message
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"REAUTH_APP_REDIRECT_URL": "https://evil.example/x"}, "REAUTH_ALLOWED_REDIRECT_PREFIXES"),
+        ({"REAUTH_NOTIFY_SINK": "webhook"}, "REAUTH_WEBHOOK_URL"),
+        ({"REAUTH_NOTIFY_SINK": "redis-stream"}, "REAUTH_REDIS_URL"),
+        ({"REAUTH_TASK_TIME_LIMIT": "900"}, "REAUTH_VISIBILITY_TIMEOUT"),
+    ],
+)
+def test_cross_field_rules(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], fragment: str
+) -> None:
+    """A redirect outside the allow-list, or a sink without what it needs, is refused at load."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings()
+
+
+def test_secret_value_not_echoed_in_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation errors never echo the bad input (it may be a secret pasted in the wrong place)."""
+    monkeypatch.setenv("REAUTH_MX_MAX_CONCURRENCY", "sk-secret-pasted-here")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "sk-secret-pasted-here" not in str(info.value)
+
+
+def test_cli_invalid_database_url_exits_2_with_one_message() -> None:
+    """`REAUTH_DATABASE_URL=nonsense reauth db upgrade` prints one clear error, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "db", "upgrade"],
+        env={"REAUTH_DATABASE_URL": "nonsense", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "REAUTH_DATABASE_URL" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
