@@ -93,6 +93,8 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         hide_input_in_errors=True,
+        # An empty variable (e.g. copied from .env.example) means "use the default".
+        env_ignore_empty=True,
     )
 
     # --- storage and brokers -------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""docker-compose.yml and docs agree with the code (no Docker engine runs here).
+
+Each service's command must be a real ``reauth`` or ``celery`` command of this project, and every
+``REAUTH_`` variable set anywhere (compose, .env.example, README) must be a real setting, and
+every setting must be documented in the README and .env.example.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from worker.config import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTING_NAMES = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_compose_has_the_expected_services_with_healthchecks() -> None:
+    """postgres and redis have healthchecks; migrate, worker, beat and the sandbox exist."""
+    services = _compose()["services"]
+    assert {"postgres", "redis", "migrate", "worker", "beat", "mx-sandbox"} <= set(services)
+    for name in ("postgres", "redis"):
+        assert "healthcheck" in services[name]
+    assert services["worker"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+@pytest.mark.parametrize("service", ["migrate", "worker", "beat", "mx-sandbox"])
+def test_compose_commands_are_real_commands(service: str) -> None:
+    """The command of each of our services parses as a project command (``--help`` works)."""
+    command = _compose()["services"][service]["command"]
+    assert isinstance(command, list)
+    if command[0] == "reauth":
+        from worker.cli import _register, app
+
+        _register()
+        # Walk down the sub-commands to the leaf and ask it for help: unknown ones fail.
+        words = [w for w in command[1:] if not w.startswith("-")][:2]
+        result = CliRunner().invoke(app, [*words[: 1 if words[0] != "db" else 2], "--help"])
+        assert result.exit_code == 0, result.output
+    else:
+        assert command[:3] == ["celery", "-A", "worker.celery_app"]
+        from worker.celery_app import app as celery_app
+
+        assert "reauth.scan" in celery_app.tasks or _loads_tasks(celery_app)
+        assert command[3] in {"worker", "beat"}
+
+
+def _loads_tasks(app: Any) -> bool:
+    app.loader.import_default_modules()
+    return {"reauth.scan", "reauth.regenerate", "reauth.dispatch_notifications"} <= set(app.tasks)
+
+
+def test_compose_variables_are_real_settings() -> None:
+    """Every REAUTH_ variable the compose file sets is a setting the code reads."""
+    env = _compose()["x-reauth-env"]
+    unknown = set(env) - SETTING_NAMES
+    assert not unknown, f"not settings: {unknown}"
+    for service in _compose()["services"].values():
+        for key in service.get("environment", {}) or {}:
+            if key.startswith(ENV_PREFIX):
+                assert key in SETTING_NAMES
+
+
+@pytest.mark.parametrize("doc", ["README.md", ".env.example"])
+def test_every_setting_is_documented_and_no_unknown_ones(doc: str) -> None:
+    """README and .env.example name every setting, and name no variable that does not exist."""
+    text = (ROOT / doc).read_text()
+    mentioned = set(re.findall(r"\bREAUTH_[A-Z0-9_]+\b", text))
+    mentioned -= {"REAUTH_TEST_DATABASE_URL", "REAUTH_TEST_REDIS_URL"}
+    assert SETTING_NAMES - mentioned == set(), f"undocumented in {doc}"
+    assert mentioned - SETTING_NAMES == set(), f"unknown variables in {doc}"
+
+
+def test_env_example_loads_as_dot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copying .env.example to .env gives a valid configuration equal to the defaults."""
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    monkeypatch.chdir(tmp_path)
+    from worker.config import load_settings
+
+    loaded = load_settings()
+    monkeypatch.chdir(ROOT / "tests")
+    assert loaded.model_dump() == Settings(_env_file=None).model_dump()  # type: ignore[call-arg]
