@@ -167,9 +167,11 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> int:
         return 0
     dialect = session.get_bind().dialect.name
     ins = pg_insert(Notification) if dialect == "postgresql" else sqlite_insert(Notification)
-    stmt = ins.on_conflict_do_nothing(index_elements=["idempotency_key"])
-    result = session.execute(stmt, rows)
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    stmt = ins.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
+        Notification.id
+    )
+    # RETURNING yields only the rows actually inserted: skipped duplicates are not counted.
+    return len(session.execute(stmt, rows).all())
 
 
 def add_attempts(session: Session, rows: list[dict[str, Any]]) -> None:

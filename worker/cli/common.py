@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -10,7 +11,8 @@ from rich.console import Console
 from worker.config import Settings, get_settings
 from worker.logging import configure_logging, register_secret
 
-console = Console(highlight=False)
+#: Tables stay readable when piped (rich would otherwise wrap at 80 columns).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def setup(*, quiet: bool = False) -> Settings:
@@ -29,3 +31,9 @@ def setup(*, quiet: bool = False) -> Settings:
 def print_json(data: Any) -> None:
     """Machine-readable output on stdout, one JSON document."""
     print(json.dumps(data, default=str, indent=2, sort_keys=True))
+
+
+def setup_logging_only(*, level: str) -> None:
+    """Re-configure the log level (e.g. a command whose output is a table)."""
+    settings = get_settings()
+    configure_logging(fmt=settings.log_format.value if settings.log_format else None, level=level)

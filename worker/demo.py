@@ -1,0 +1,230 @@
+"""``reauth demo``: the whole flow on embedded defaults, with no service running.
+
+SQLite (the configured database, ``reauth.db`` by default), migrations, about 50 seeded members
+covering every reason, skip_aggregation branch and channel, the MX sandbox in process on a free
+loopback port, a full scan through the real Celery task bodies (inline followups instead of a
+broker), notifications delivered to the file sink, and a table with a summary.
+
+Seeding only inserts members that are missing, so a second run finds every notified member
+waiting for the user and creates no new notification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import Attempt, Member, Notification
+from worker import migrate
+from worker.clock import utc_now
+from worker.config import NotifySink, Settings
+from worker.db import session_scope
+from worker.runtime import Runtime
+
+DEMO_REDIRECT = "https://app.example.com/oauth/complete"
+DEMO_SCHEME = "reauthdemo"
+
+
+@dataclass(frozen=True)
+class Seed:
+    guid: str
+    note: str
+    fields: dict[str, Any]
+
+
+def seeds(now: datetime) -> list[Seed]:
+    """The demo population: each row says what it exercises."""
+    h = timedelta(hours=1)
+    out: list[Seed] = []
+
+    def add(note: str, n: int, **fields: Any) -> None:
+        for i in range(n):
+            guid = f"MBR-demo-{len(out) + 1:03d}"
+            if "marker" in fields:
+                guid = f"MBR-demo-{fields['marker']}-{len(out) + 1:03d}"
+            out.append(Seed(guid, note, {k: v for k, v in fields.items() if k != "marker"}))
+            del i
+
+    stale = now - 72 * h
+    add("expired, stale data", 5, connection_status="EXPIRED", successfully_aggregated_at=stale)
+    add("revoked: DENIED", 4, connection_status="DENIED", successfully_aggregated_at=stale)
+    add("revoked: PREVENTED", 2, connection_status="PREVENTED")
+    add("revoked: IMPAIRED", 2, connection_status="IMPAIRED")
+    add("revoked: IMPORTED", 2, connection_status="IMPORTED")
+    add("revoked, aggregation running", 3, connection_status="DENIED", is_being_aggregated=True)
+    add("expired, aggregated 2 h ago", 3, connection_status="EXPIRED",
+        successfully_aggregated_at=now - 2 * h)  # fmt: skip
+    add("expired, APP channel", 4, connection_status="EXPIRED", channel="APP")
+    add("revoked, APP channel", 2, connection_status="DENIED", channel="APP",
+        successfully_aggregated_at=now - 2 * h)  # fmt: skip
+    add("abandoned: oauth PENDING 2 h", 3, connection_status="CREATED", oauth_status="PENDING",
+        oauth_started_at=now - 2 * h)  # fmt: skip
+    add("abandoned: CREATED, no oauth status", 2, connection_status="CREATED",
+        oauth_started_at=now - 2 * h)  # fmt: skip
+    add("abandoned: user CANCELLED", 2, connection_status="PENDING", oauth_status="ERRORED",
+        oauth_error_reason="CANCELLED", oauth_started_at=now - 3 * h, channel="APP")  # fmt: skip
+    add("abandoned: SESSION_ERROR", 1, connection_status="PENDING", oauth_status="ERRORED",
+        oauth_error_reason="SESSION_ERROR", oauth_started_at=now - 3 * h)  # fmt: skip
+    add("not yet abandoned (10 min)", 2, connection_status="CREATED", oauth_status="PENDING",
+        oauth_started_at=now - timedelta(minutes=10))  # fmt: skip
+    add("connected: nothing to do", 5, connection_status="CONNECTED")
+    add("challenged (MFA): not OAuth re-auth", 1, connection_status="CHALLENGED")
+    add("not an OAuth member", 2, connection_status="EXPIRED", is_oauth=False)
+    add("MX: member cannot use OAuth", 2, connection_status="DENIED", marker="NOOAUTH")
+    add("MX: member gone (404)", 1, connection_status="EXPIRED", marker="GONE")
+    add("MX answers another guid", 1, connection_status="EXPIRED", marker="MOVED")
+    return out
+
+
+def _seed(session: Session, population: list[Seed], now: datetime) -> int:
+    existing = set(
+        session.scalars(
+            select(Member.member_guid).where(Member.member_guid.in_([s.guid for s in population]))
+        )
+    )
+    added = 0
+    for i, seed in enumerate(population):
+        if seed.guid in existing:
+            continue
+        values: dict[str, Any] = {
+            "is_oauth": True,
+            "channel": "BROWSER",
+            "institution_code": ("chase", "wells_fargo", "mx_bank")[i % 3],
+            **seed.fields,
+        }
+        session.add(
+            Member(
+                member_guid=seed.guid, user_guid=f"USR-demo-{i // 2:03d}",
+                next_attempt_at=now, reauth_state="idle", **values,
+            )
+        )  # fmt: skip
+        added += 1
+    return added
+
+
+def demo_settings(base: Settings, sandbox_url: str, sso_url: str) -> Settings:
+    """The configured settings pointed at the in-process sandbox, with demo redirects."""
+    from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
+
+    update: dict[str, Any] = {
+        "mx_base_url": sandbox_url,
+        "mx_sso_base_url": sso_url,
+        "mx_client_id": DEFAULT_CLIENT_ID,
+        "mx_api_key": base.mx_api_key.__class__(DEFAULT_API_KEY),
+        "app_redirect_url": DEMO_REDIRECT,
+        "app_url_scheme": DEMO_SCHEME,
+        "allowed_redirect_prefixes": [DEMO_REDIRECT],
+    }
+    if base.notify_sink is None and base.redis_url is None:
+        update["notify_sink"] = NotifySink.FILE
+    return base.model_copy(update=update)
+
+
+def run_demo(base: Settings) -> dict[str, Any]:
+    """Run the demo and return what the CLI prints (rows and summary)."""
+    from worker import tasks
+    from worker.sandbox.config import SandboxConfig
+    from worker.sandbox.server import running_sandbox
+
+    migrate.upgrade(base.database_url)
+    started = utc_now()
+    population = seeds(started)
+    with running_sandbox(SandboxConfig(latency=0.01, jitter=0.01)) as sandbox:
+        settings = demo_settings(base, sandbox.base_url, sandbox.sso_base_url)
+        rt = Runtime(settings)
+        try:
+            with session_scope(rt.sessions) as s:
+                added = _seed(s, population, started)
+            tasks.set_runtime(rt)
+            tasks.set_followups(tasks.InlineFollowups())
+            scan = tasks.scan.run(trigger="demo")
+            with session_scope(rt.sessions) as s:
+                rows = _rows(s, population, since=started)
+                notified_now = s.scalar(
+                    select(func.count()).select_from(Notification).where(
+                        Notification.created_at >= started
+                    )
+                )
+                totals = dict(
+                    s.execute(
+                        select(Notification.status, func.count()).group_by(Notification.status)
+                    )
+                    .tuples()
+                    .all()
+                )
+        finally:
+            tasks.set_runtime(None)
+            tasks.set_followups(tasks.Followups())
+            from worker.delivery import close_sinks
+
+            close_sinks()
+            rt.close()
+        mx_calls = len([r for r in sandbox.requests() if "oauth_window_uri" in r.get("path", "")])
+    return {
+        "rows": rows,
+        "summary": {
+            "members_seeded_now": added,
+            "members": len(population),
+            "scan": scan,
+            "mx_calls": mx_calls,
+            "notifications_created_now": int(notified_now or 0),
+            "outbox": totals,
+        },
+        "backends": _backends(settings),
+    }
+
+
+def _rows(session: Session, population: list[Seed], *, since: datetime) -> list[dict[str, Any]]:
+    members = {
+        m.member_guid: m
+        for m in session.scalars(
+            select(Member).where(Member.member_guid.in_([p.guid for p in population]))
+        )
+    }
+    latest: dict[int, Attempt] = {}
+    for a in session.scalars(
+        select(Attempt).where(Attempt.created_at >= since).order_by(Attempt.id)
+    ):
+        latest[a.member_id] = a
+    rows = []
+    for p in population:
+        m = members[p.guid]
+        a = latest.get(m.id)
+        rows.append(
+            {
+                "member": m.member_guid,
+                "case": p.note,
+                "reason": m.reauth_reason or "-",
+                "skip_aggregation": "-" if a is None else str(a.skip_aggregation).lower(),
+                "why": "-" if a is None else a.skip_aggregation_why,
+                "channel": m.channel if a is None else a.referral_source,
+                "redirect": "-" if a is None else ("yes" if a.redirect_used else "no"),
+                "outcome": a.outcome if a is not None else f"no call ({m.reauth_state})",
+                "state": m.reauth_state,
+            }
+        )
+    return rows
+
+
+def _backends(settings: Settings) -> dict[str, str]:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    db = f"{url.get_backend_name()} ({Path(url.database or '').resolve()})"
+    if url.get_backend_name() != "sqlite":
+        db = url.render_as_string(hide_password=True)
+    sink = settings.effective_notify_sink.value
+    if sink == "file":
+        sink += f" ({Path(settings.notify_file).resolve()})"
+    return {
+        "database": db,
+        "broker": "none: tasks run in this process (inline)",
+        "redis": settings.redis_url or "none: in-process session cache and rate limit",
+        "mx": f"sandbox in process at {settings.mx_base_url}",
+        "notifications": sink,
+    }
