@@ -85,7 +85,7 @@ def _pg_database(pg_server_url: str) -> Iterator[str | BaseException]:
 
 
 @pytest.fixture
-def pg_url(_pg_database: str | BaseException) -> Iterator[str]:
+def pg_url(_pg_database: str | BaseException) -> str:
     """URL of the run's migrated PostgreSQL database, emptied before the test."""
     if isinstance(_pg_database, BaseException):
         unavailable("PostgreSQL at REAUTH_TEST_DATABASE_URL", _pg_database)
@@ -95,7 +95,7 @@ def pg_url(_pg_database: str | BaseException) -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    yield _pg_database
+    return _pg_database
 
 
 # --- SQLite -------------------------------------------------------------------------------------

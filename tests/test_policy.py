@@ -37,7 +37,11 @@ APP_CFG = replace(
 
 
 def member(**kw: object) -> MemberSnapshot:
-    base: dict[str, object] = {"member_guid": "MBR-1", "is_oauth": True, "connection_status": "CONNECTED"}
+    base: dict[str, object] = {
+        "member_guid": "MBR-1",
+        "is_oauth": True,
+        "connection_status": "CONNECTED",
+    }
     base.update(kw)
     return MemberSnapshot(**base)  # type: ignore[arg-type]
 
@@ -58,7 +62,7 @@ def member(**kw: object) -> MemberSnapshot:
     ],
 )
 def test_reason_by_connection_status(status: str | None, expected: Reason | None) -> None:
-    """The default table maps EXPIRED to expired and DENIED/PREVENTED/IMPAIRED/IMPORTED to revoked."""
+    """Default table: EXPIRED → expired; DENIED, PREVENTED, IMPAIRED, IMPORTED → revoked."""
     assert reason_for(member(connection_status=status), NOW, CFG) is expected
 
 
@@ -70,7 +74,7 @@ def test_non_oauth_and_terminal_members_are_never_eligible() -> None:
 
 
 def test_reason_overrides_from_config() -> None:
-    """REAUTH_REASON_OVERRIDES can add a status (IMPEDED → revoked) or remove one (IMPORTED → none)."""
+    """REAUTH_REASON_OVERRIDES adds a status (IMPEDED → revoked) or removes one (IMPORTED)."""
     from worker.config import load_settings
 
     cfg = PolicyConfig.from_settings(
@@ -314,8 +318,12 @@ outcomes = st.sampled_from(list(Outcome))
 
 
 @settings(max_examples=300, deadline=None)
-@given(m=snapshots, start=times, steps=st.lists(st.tuples(st.integers(0, 200_000), outcomes), max_size=25),
-       force=st.lists(st.booleans(), min_size=25, max_size=25))  # fmt: skip
+@given(
+    m=snapshots,
+    start=times,
+    steps=st.lists(st.tuples(st.integers(0, 200_000), outcomes), max_size=25),
+    force=st.lists(st.booleans(), min_size=25, max_size=25),
+)
 def test_never_a_second_notification_for_the_same_reminder(
     m: MemberSnapshot, start: datetime, steps: list[tuple[int, Outcome]], force: list[bool]
 ) -> None:

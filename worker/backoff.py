@@ -35,11 +35,11 @@ def backoff_delay(
     """
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1, got {attempt}")
-    draw = (rng or random).random()
+    draw: float = (rng or random).random()
     # 2**min(...) keeps the exponent bounded so huge attempt numbers cannot overflow.
     ceiling = min(cap, base * (2 ** min(attempt - 1, 32)))
     ceiling = max(ceiling, MIN_DELAY)
-    delay = MIN_DELAY + (ceiling - MIN_DELAY) * draw
+    delay: timedelta = MIN_DELAY + (ceiling - MIN_DELAY) * draw
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(timedelta(seconds=retry_after), cap))
     return delay

@@ -15,6 +15,7 @@ import json
 from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
+from itertools import pairwise
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -171,10 +172,14 @@ class Settings(BaseSettings):
                 "postgresql+psycopg://user@host/dbname"
             ) from exc
         if url.get_backend_name() not in {"sqlite", "postgresql"}:
-            raise ValueError(f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
+            raise ValueError(
+                f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql"
+            )
         # SQLAlchemy 2.1 defaults plain postgresql:// to psycopg 3; anything else is refused.
         if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
-            raise ValueError("PostgreSQL URLs must use the psycopg 3 driver: postgresql+psycopg://...")
+            raise ValueError(
+                "PostgreSQL URLs must use the psycopg 3 driver: postgresql+psycopg://..."
+            )
         return value
 
     @field_validator("broker_url", "redis_url", "webhook_url", "app_redirect_url", mode="before")
@@ -221,7 +226,7 @@ class Settings(BaseSettings):
     def _check_schedule(cls, value: list[timedelta]) -> list[timedelta]:
         if not value:
             raise ValueError("needs at least one offset (e.g. 0,86400)")
-        if any(b < a for a, b in zip(value, value[1:], strict=False)) or value[0] < timedelta(0):
+        if any(b < a for a, b in pairwise(value)) or value[0] < timedelta(0):
             raise ValueError("offsets must be non-negative and in increasing order")
         return value
 
@@ -272,7 +277,7 @@ class Settings(BaseSettings):
     # --- derived -----------------------------------------------------------------------------
     @property
     def effective_notify_sink(self) -> NotifySink:
-        """The sink in use: explicit, else the Redis stream when Redis is configured, else a file."""
+        """The sink in use: explicit, else the Redis stream with Redis configured, else a file."""
         if self.notify_sink is not None:
             return self.notify_sink
         return NotifySink.REDIS_STREAM if self.redis_url else NotifySink.FILE

@@ -146,9 +146,9 @@ def run_demo(base: Settings) -> dict[str, Any]:
             with session_scope(rt.sessions) as s:
                 rows = _rows(s, population, since=started)
                 notified_now = s.scalar(
-                    select(func.count()).select_from(Notification).where(
-                        Notification.created_at >= started
-                    )
+                    select(func.count())
+                    .select_from(Notification)
+                    .where(Notification.created_at >= started)
                 )
                 totals = dict(
                     s.execute(
@@ -187,10 +187,10 @@ def _rows(session: Session, population: list[Seed], *, since: datetime) -> list[
         )
     }
     latest: dict[int, Attempt] = {}
-    for a in session.scalars(
+    for attempt in session.scalars(
         select(Attempt).where(Attempt.created_at >= since).order_by(Attempt.id)
     ):
-        latest[a.member_id] = a
+        latest[attempt.member_id] = attempt
     rows = []
     for p in population:
         m = members[p.guid]

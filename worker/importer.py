@@ -87,7 +87,9 @@ class MemberRow(BaseModel):
     def _blank_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
 
-    @field_validator("connection_status", "oauth_status", "oauth_error_reason", "channel", mode="before")
+    @field_validator(
+        "connection_status", "oauth_status", "oauth_error_reason", "channel", mode="before"
+    )
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.strip().upper() if isinstance(v, str) else v
@@ -160,8 +162,7 @@ class Parsed:
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    for number, raw in enumerate(data.splitlines(), start=1):
-        yield number, raw
+    yield from enumerate(data.splitlines(), start=1)
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -180,18 +180,44 @@ def regenerate_batch(
     trigger: str = "scan",
     task_id: str | None = None,
 ) -> BatchResult:
-    """Process one claimed batch. Safe to run twice with the same arguments."""
-    cfg = rt.policy
-    result = BatchResult()
-    now = clock()
+    """Process one claimed batch. Safe to run twice with the same arguments.
 
-    # 1. Decide. Members needing no MX call are written and released at once.
-    todo: list[tuple[Member, MemberSnapshot, Generate]] = []
+    1. decide every member; those needing no MX call are written and released at once;
+    2. call MX for the rest, outside any transaction;
+    3. write outcomes, URIs and outbox rows in one transaction, only for members still ours.
+    """
+    result = BatchResult()
+    todo = _decide(rt, ids, owner, clock(), force=force, result=result)
+    if not todo:
+        return result
+    requests = [_request_for(m, g) for m, _, g in todo]
+    calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
+    _write(rt, todo, calls, owner, clock(), trigger=trigger, task_id=task_id, result=result)
+    config_errors = [r.error for r in calls if isinstance(r.error, MxConfigurationError)]
+    if config_errors:
+        result.configuration_error = f"{type(config_errors[0]).__name__}: {config_errors[0]}"
+        log.error(
+            "mx_configuration_error",
+            error=result.configuration_error,
+            released=result.outcomes["skipped"] + result.outcomes[Outcome.CONFIGURATION.value],
+            hint="check REAUTH_MX_CLIENT_ID, REAUTH_MX_API_KEY, the MX environment, IP allow-list",
+        )
+    return result
+
+
+Todo = list[tuple[Member, MemberSnapshot, Generate]]
+
+
+def _decide(
+    rt: Runtime, ids: Sequence[int], owner: str, now: datetime, *, force: bool, result: BatchResult
+) -> Todo:
+    cfg = rt.policy
+    todo: Todo = []
     with session_scope(rt.sessions) as s:
         members = repo.load_claimed(s, ids, owner)
         result.claimed = len(members)
         updates: list[dict[str, Any]] = []
-        wanted: list[tuple[Member, MemberSnapshot, Generate]] = []
+        wanted: Todo = []
         for m in members:
             snap = repo.snapshot(m)
             decision = decide(snap, now, cfg, force=force)
@@ -212,18 +238,26 @@ def regenerate_batch(
             else:
                 todo.append((m, snap, g))
         repo.update_members(s, updates)
-    if not todo:
-        return result
+    return todo
 
-    # 2. Call MX outside any transaction.
-    requests = [_request_for(m, g) for m, _, g in todo]
-    calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
 
-    # 3. Write every outcome, the URIs and the outbox rows in one transaction.
-    now = clock()
+def _write(
+    rt: Runtime,
+    todo: Todo,
+    calls: list[CallResult],
+    owner: str,
+    now: datetime,
+    *,
+    trigger: str,
+    task_id: str | None,
+    result: BatchResult,
+) -> None:
+    cfg = rt.policy
     with session_scope(rt.sessions) as s:
         still_ours = {m.id for m in repo.load_claimed(s, [m.id for m, _, _ in todo], owner)}
-        updates, attempts, outbox = [], [], []
+        updates: list[dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
         released: list[int] = []
         for (m, snap, g), res in zip(todo, calls, strict=True):
             if m.id not in still_ours:
@@ -267,17 +301,6 @@ def regenerate_batch(
         repo.add_attempts(s, attempts)
         result.notifications = repo.insert_notifications(s, outbox)
         repo.release_claims(s, released, owner)
-
-    config_errors = [r.error for r in calls if isinstance(r.error, MxConfigurationError)]
-    if config_errors:
-        result.configuration_error = f"{type(config_errors[0]).__name__}: {config_errors[0]}"
-        log.error(
-            "mx_configuration_error",
-            error=result.configuration_error,
-            released=len(todo) - len(attempts),
-            hint="check REAUTH_MX_CLIENT_ID, REAUTH_MX_API_KEY, the MX environment and IP allow-list",
-        )
-    return result
 
 
 def _outbox_row(m: Member, g: Generate, w: OAuthWindow, now: datetime) -> dict[str, Any]:

@@ -222,9 +222,9 @@ def reason_for(m: MemberSnapshot, now: datetime, cfg: PolicyConfig) -> Reason | 
         by_status = cfg.reason_table.get(m.connection_status.upper())
         if by_status is not None:
             return by_status
-    if _looks_abandoned(m) and m.oauth_started_at is not None:
-        if now - m.oauth_started_at >= cfg.abandon_after:
-            return Reason.ABANDONED
+    started = m.oauth_started_at
+    if _looks_abandoned(m) and started is not None and now - started >= cfg.abandon_after:
+        return Reason.ABANDONED
     return None
 
 
@@ -280,9 +280,7 @@ def reminder_due_at(episode_started_at: datetime, reminder: int, cfg: PolicyConf
     return episode_started_at + cfg.reminder_schedule[reminder - 1]
 
 
-def decide(
-    m: MemberSnapshot, now: datetime, cfg: PolicyConfig, *, force: bool = False
-) -> Decision:
+def decide(m: MemberSnapshot, now: datetime, cfg: PolicyConfig, *, force: bool = False) -> Decision:
     """What to do with a claimed member now.
 
     ``force`` (an operator's ``rerun --force``) skips backoff and reminder timing and revives a

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models import Attempt, Member, Notification
-from worker.policy import Channel, MemberSnapshot, ReauthFields, Reason, SkipWhy, State
+from worker.policy import Channel, MemberSnapshot, Reason, ReauthFields, SkipWhy, State
 
 
 def snapshot(m: Member) -> MemberSnapshot:
@@ -120,7 +120,8 @@ def claim_due(
         .execution_options(synchronize_session=False)
     )
     rows = sorted(
-        session.execute(stmt).all(), key=lambda r: (r.next_attempt_at is None, r.next_attempt_at, r.id)
+        session.execute(stmt).all(),
+        key=lambda r: (r.next_attempt_at is None, r.next_attempt_at, r.id),
     )
     ids = [r.id for r in rows]
     last = None
@@ -167,16 +168,14 @@ def insert_notifications(session: Session, rows: list[dict[str, Any]]) -> int:
         return 0
     dialect = session.get_bind().dialect.name
     ins = pg_insert(Notification) if dialect == "postgresql" else sqlite_insert(Notification)
-    stmt = ins.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(
-        Notification.id
-    )
+    stmt = ins.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(Notification.id)
     # RETURNING yields only the rows actually inserted: skipped duplicates are not counted.
     return len(session.execute(stmt, rows).all())
 
 
 def add_attempts(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
-        session.execute(Attempt.__table__.insert(), rows)
+        session.execute(insert(Attempt), rows)
 
 
 def update_members(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -187,12 +186,15 @@ def update_members(session: Session, rows: list[dict[str, Any]]) -> None:
 
 def by_guids(session: Session, guids: Sequence[str]) -> dict[str, Member]:
     return {
-        m.member_guid: m for m in session.scalars(select(Member).where(Member.member_guid.in_(guids)))
+        m.member_guid: m
+        for m in session.scalars(select(Member).where(Member.member_guid.in_(guids)))
     }
 
 
 def due_count(session: Session, now: datetime) -> int:
-    return int(session.scalar(select(func.count()).select_from(Member).where(_due_clause(now))) or 0)
+    return int(
+        session.scalar(select(func.count()).select_from(Member).where(_due_clause(now))) or 0
+    )
 
 
 def new_owner() -> str:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, delete, select, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from models import Lock, Member, ScanRun
@@ -99,7 +99,7 @@ def _take_lease_lock(engine: Engine, *, now: datetime, owner: str) -> bool:
         try:
             with conn.begin_nested():
                 conn.execute(
-                    Lock.__table__.insert().values(
+                    insert(Lock).values(
                         name=SCAN_LOCK_NAME, owner=owner, expires_at=now + SCAN_LOCK_LEASE
                     )
                 )
@@ -143,7 +143,9 @@ def run_scan(
                     )  # fmt: skip
                     ids, after = page.ids, page.last
                 else:
-                    ids, after, exhausted = _claim_for_reason(rt, s, now, owner, want, after, reason)
+                    ids, after, exhausted = _claim_for_reason(
+                        rt, s, now=now, owner=owner, want=want, after=after, reason=reason
+                    )
                     if not ids and not exhausted:
                         continue
             if not ids:
@@ -173,6 +175,7 @@ def run_scan(
 def _claim_for_reason(
     rt: Runtime,
     s: Any,
+    *,
     now: datetime,
     owner: str,
     want: int,

@@ -116,8 +116,12 @@ def import_members(
 
 @app.command("scan")
 def scan(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would happen; change nothing."),
-    inline: bool = typer.Option(False, "--inline", help="Run the scan and batches in this process."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would happen; change nothing."
+    ),
+    inline: bool = typer.Option(
+        False, "--inline", help="Run the scan and batches in this process."
+    ),
     reason: str | None = typer.Option(None, "--reason", help="Only revoked, expired or abandoned."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most N members."),
     json_out: bool = JSON_OPT,
@@ -211,8 +215,12 @@ def rerun(
                     limit=settings.batch_size, member_ids=ids[start : start + settings.batch_size],
                 )  # fmt: skip
                 claimed.extend(page.ids)
-            summary = {"selected": len(ids), "claimed": len(claimed), "busy": len(ids) - len(claimed),
-                       "force": force}  # fmt: skip
+            summary = {
+                "selected": len(ids),
+                "claimed": len(claimed),
+                "busy": len(ids) - len(claimed),
+                "force": force,
+            }
             ops.record(
                 s, actor=actor or ops.default_actor(), command="rerun",
                 arguments={"member_guids": member_guids or [], "reason": reason,

@@ -1,0 +1,368 @@
+"""The outbox relay against SQLite and PostgreSQL, with an in-memory sink.
+
+Pins: claims and leases, per-message outcomes (sent / backoff / dead), at-least-once delivery
+across a crash, and that a stale link is refreshed (or held back) instead of being delivered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import structlog
+from notify_helpers import NOW, RecordingSink, add_notification, get_row, oauth_uri
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Notification
+from worker.config import Settings
+from worker.db import session_scope
+from worker.errors import SinkPermanentError, SinkTransientError
+from worker.notify.relay import claim_batch, dispatch_pending, is_stale
+from worker.notify.sinks import DELIVERED, DeliveryResult, Message
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the relay catches it."""
+
+
+@pytest.fixture
+def settings(db_url: str, settings_for: Callable[..., Settings]) -> Settings:
+    return settings_for(
+        db_url,
+        notify_max_attempts=3,
+        backoff_base=timedelta(seconds=10),
+        backoff_cap=timedelta(minutes=1),
+    )
+
+
+def dispatch(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    sink: Any,
+    *,
+    now: datetime = NOW,
+    owner: str = "relay-1",
+    **kwargs: Any,
+) -> Any:
+    return dispatch_pending(
+        settings=settings, sessions=sessions, sink=sink, now=now, owner=owner, **kwargs
+    )
+
+
+def test_normal_run_delivers_each_row_once_and_marks_it_sent(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """Every pending row is delivered once with its own id, then marked sent and unclaimed."""
+    ids = {add_notification(sessions) for _ in range(3)}
+    sink = RecordingSink()
+
+    result = dispatch(settings, sessions, sink)
+
+    assert (result.claimed, result.sent, result.retried, result.dead) == (3, 3, 0, 0)
+    assert {uuid.UUID(m["id"]) for m in sink.delivered} == ids
+    for nid in ids:
+        row = get_row(sessions, nid)
+        assert (row.status, row.sent_at, row.claim_owner, row.attempts) == ("sent", NOW, None, 0)
+    assert dispatch(settings, sessions, sink).claimed == 0
+    assert len(sink.delivered) == 3
+
+
+def test_claim_skips_rows_not_due_or_leased_and_takes_expired_leases(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """Due = next_attempt_at passed and no live lease; an expired lease is taken over."""
+    later = add_notification(sessions)
+    leased = add_notification(sessions)
+    expired = add_notification(sessions)
+    with session_scope(sessions) as s:
+        s.execute(
+            update(Notification)
+            .where(Notification.id == later)
+            .values(next_attempt_at=NOW + timedelta(seconds=1))
+        )
+        s.execute(
+            update(Notification)
+            .where(Notification.id == leased)
+            .values(claim_owner="other", claim_expires_at=NOW + timedelta(seconds=1))
+        )
+        s.execute(
+            update(Notification)
+            .where(Notification.id == expired)
+            .values(claim_owner="crashed", claim_expires_at=NOW)
+        )
+
+    claimed = claim_batch(sessions, now=NOW, owner="me", lease=timedelta(minutes=2), limit=10)
+
+    assert [c.id for c in claimed] == [expired]
+    row = get_row(sessions, expired)
+    assert (row.claim_owner, row.claim_expires_at) == ("me", NOW + timedelta(minutes=2))
+
+
+def test_limit_bounds_the_batch_and_oldest_go_first(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A batch holds at most ``limit`` rows, chosen oldest first."""
+    ids = [add_notification(sessions) for _ in range(4)]
+    sink = RecordingSink()
+
+    assert dispatch(settings, sessions, sink, limit=2).sent == 2
+    assert [uuid.UUID(m["id"]) for m in sink.delivered] == ids[:2]
+
+
+def test_transient_failure_backs_off_releases_claim_then_succeeds(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A transient failure spends one attempt, schedules a jittered retry and keeps the row."""
+    nid = add_notification(sessions)
+    failing = RecordingSink(answer=lambda _m: DeliveryResult(SinkTransientError("down")))
+
+    assert dispatch(settings, sessions, failing).retried == 1
+
+    row = get_row(sessions, nid)
+    assert row.status == "pending"
+    assert row.attempts == 1
+    assert row.claim_owner is None
+    assert row.last_error == "SinkTransientError: down"
+    assert row.next_attempt_at is not None
+    assert NOW + timedelta(seconds=5) <= row.next_attempt_at <= NOW + timedelta(minutes=1)
+    assert dispatch(settings, sessions, RecordingSink()).claimed == 0  # not due yet
+
+    ok = RecordingSink()
+    assert dispatch(settings, sessions, ok, now=row.next_attempt_at).sent == 1
+    assert get_row(sessions, nid).status == "sent"
+
+
+def test_retry_after_is_never_undercut(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """A receiver's Retry-After delays the next attempt at least that long (within the cap)."""
+    nid = add_notification(sessions)
+    sink = RecordingSink(
+        answer=lambda _m: DeliveryResult(SinkTransientError("429"), retry_after=50)
+    )
+    dispatch(settings, sessions, sink)
+    next_at = get_row(sessions, nid).next_attempt_at
+    assert next_at is not None
+    assert next_at >= NOW + timedelta(seconds=50)
+
+
+def test_permanent_failure_is_dead_at_once(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A permanent error is never retried: the row is dead after one attempt."""
+    nid = add_notification(sessions)
+    sink = RecordingSink(answer=lambda _m: DeliveryResult(SinkPermanentError("answered 410")))
+
+    assert dispatch(settings, sessions, sink).dead == 1
+    row = get_row(sessions, nid)
+    assert (row.status, row.attempts, row.next_attempt_at) == ("dead", 1, None)
+    assert dispatch(settings, sessions, sink, now=NOW + timedelta(days=1)).claimed == 0
+
+
+def test_dead_after_max_attempts_while_others_are_delivered(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """One always-failing message goes dead after notify_max_attempts; the rest are sent."""
+    bad = add_notification(sessions, member_guid="MBR-BAD")
+    good = [add_notification(sessions) for _ in range(2)]
+    sink = RecordingSink(
+        answer=lambda m: (
+            DeliveryResult(SinkTransientError("500"))
+            if m["member_guid"] == "MBR-BAD"
+            else DELIVERED
+        )
+    )
+
+    first = dispatch(settings, sessions, sink)
+    assert (first.sent, first.retried) == (2, 1)
+    assert all(get_row(sessions, g).status == "sent" for g in good)
+    now = NOW
+    for _ in range(2):
+        now += timedelta(minutes=2)  # past backoff_cap, so the row is due again
+        dispatch(settings, sessions, sink, now=now)
+
+    row = get_row(sessions, bad)
+    assert (row.status, row.attempts) == ("dead", 3)
+    assert sum(m["member_guid"] == "MBR-BAD" for m in sink.delivered) == 3
+
+
+def test_batch_wide_sink_error_applies_to_every_message(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A sink that raises SinkTransientError (e.g. broker down) fails the whole batch softly."""
+
+    class Down(RecordingSink):
+        def deliver(self, messages: Sequence[Message]) -> list[DeliveryResult]:
+            raise SinkTransientError("redis stream: ConnectionError")
+
+    ids = [add_notification(sessions) for _ in range(2)]
+    assert dispatch(settings, sessions, Down()).retried == 2
+    assert all(get_row(sessions, i).attempts == 1 for i in ids)
+
+
+def test_sink_bug_spends_attempts_instead_of_looping_forever(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """An unexpected exception from a sink counts as a failed attempt, with its class recorded."""
+
+    class Buggy(RecordingSink):
+        def deliver(self, messages: Sequence[Message]) -> list[DeliveryResult]:
+            raise KeyError("oops")
+
+    nid = add_notification(sessions)
+    assert dispatch(settings, sessions, Buggy()).retried == 1
+    assert "KeyError" in (get_row(sessions, nid).last_error or "")
+
+
+def test_crash_between_delivery_and_mark_redelivers_same_id_after_lease(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """At least once: a crash after delivering leaves the row claimed; after the lease it is
+    delivered again with the same id and then marked sent. Nothing is lost."""
+    nid = add_notification(sessions)
+
+    class CrashAfterDelivery(RecordingSink):
+        def deliver(self, messages: Sequence[Message]) -> list[DeliveryResult]:
+            super().deliver(messages)
+            raise SimulatedCrash
+
+    crashing = CrashAfterDelivery()
+    with pytest.raises(SimulatedCrash):
+        dispatch(settings, sessions, crashing)
+    row = get_row(sessions, nid)
+    assert (row.status, row.claim_owner) == ("pending", "relay-1")
+
+    sink = RecordingSink()
+    assert dispatch(settings, sessions, sink, now=NOW + timedelta(seconds=30)).claimed == 0
+    after_lease = NOW + settings.notify_lease
+    assert dispatch(settings, sessions, sink, now=after_lease, owner="relay-2").sent == 1
+
+    assert [m["id"] for m in crashing.delivered + sink.delivered] == [str(nid), str(nid)]
+    assert get_row(sessions, nid).status == "sent"
+
+
+def refresher_for(
+    sessions: sessionmaker[Session], calls: list[tuple[list[uuid.UUID], datetime]]
+) -> Callable[[Sequence[uuid.UUID], datetime], None]:
+    """A fake of the pipeline's refresher: new URI and generated_at in the payload."""
+
+    def refresh(ids: Sequence[uuid.UUID], now: datetime) -> None:
+        calls.append((list(ids), now))
+        with session_scope(sessions) as s:
+            for row in s.scalars(select(Notification).where(Notification.id.in_(ids))):
+                row.payload = {
+                    **row.payload,
+                    "oauth_window_uri": oauth_uri(f"fresh-{row.id}"),
+                    "generated_at": now.isoformat().replace("+00:00", "Z"),
+                }
+
+    return refresh
+
+
+def test_stale_link_is_refreshed_before_delivery(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A link older than link_max_age goes to the refresher first; the delivered message
+    carries the new URI and generated_at. Fresh rows are not sent to the refresher."""
+    stale = add_notification(sessions, generated_at=NOW - timedelta(minutes=11))
+    fresh = add_notification(sessions, generated_at=NOW - timedelta(minutes=9))
+    calls: list[tuple[list[uuid.UUID], datetime]] = []
+    sink = RecordingSink()
+
+    result = dispatch(settings, sessions, sink, refresher=refresher_for(sessions, calls))
+
+    assert calls == [([stale], NOW)]
+    assert (result.sent, result.refreshed) == (2, 1)
+    by_id = {m["id"]: m for m in sink.delivered}
+    assert by_id[str(stale)]["oauth_window_uri"] == oauth_uri(f"fresh-{stale}")
+    assert by_id[str(stale)]["generated_at"] == "2026-03-02T09:00:00Z"
+    assert by_id[str(fresh)]["oauth_window_uri"] != by_id[str(stale)]["oauth_window_uri"]
+
+
+def test_stale_link_without_refresher_is_held_back_not_delivered(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """No refresher: the stale row stays pending, unspent, and is not due again for a lease."""
+    stale = add_notification(sessions, generated_at=NOW - timedelta(minutes=30))
+    fresh = add_notification(sessions)
+    sink = RecordingSink()
+
+    result = dispatch(settings, sessions, sink)
+
+    assert (result.sent, result.deferred) == (1, 1)
+    assert [m["id"] for m in sink.delivered] == [str(fresh)]
+    row = get_row(sessions, stale)
+    assert (row.status, row.attempts, row.claim_owner) == ("pending", 0, None)
+    assert row.next_attempt_at == NOW + settings.notify_lease
+
+
+def test_failed_refresh_is_a_transient_failure_for_that_row_only(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A refresher that raises (MX down) costs the stale rows an attempt; others are sent."""
+    stale = add_notification(sessions, generated_at=NOW - timedelta(hours=1))
+    fresh = add_notification(sessions)
+
+    def broken(ids: Sequence[uuid.UUID], now: datetime) -> None:
+        raise RuntimeError("mx timeout")
+
+    sink = RecordingSink()
+    result = dispatch(settings, sessions, sink, refresher=broken)
+
+    assert (result.sent, result.retried, result.refreshed) == (1, 1, 0)
+    assert [m["id"] for m in sink.delivered] == [str(fresh)]
+    row = get_row(sessions, stale)
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.last_error == "SinkTransientError: link still stale after refresh"
+
+
+def test_is_stale_reads_contract_timestamps() -> None:
+    """``generated_at`` in the contract's Z form is compared with link_max_age; unreadable or
+    naive timestamps count as stale (never deliver a link of unknown age)."""
+    age = timedelta(minutes=10)
+    assert not is_stale({"generated_at": "2026-03-02T08:50:00Z"}, NOW, age)
+    assert is_stale({"generated_at": "2026-03-02T08:49:59Z"}, NOW, age)
+    assert is_stale({"generated_at": "2026-03-02T08:59:00"}, NOW, age)
+    assert is_stale({"generated_at": "yesterday"}, NOW, age)
+    assert is_stale({}, NOW, age)
+
+
+def test_logs_one_summary_line_and_no_uri(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A batch logs one ``notify.dispatched`` line with counts; no log event holds a URI."""
+    add_notification(sessions)
+    add_notification(sessions, generated_at=NOW - timedelta(hours=2))
+    with structlog.testing.capture_logs() as events:
+        dispatch(settings, sessions, RecordingSink())
+    summary = [e for e in events if e["event"] == "notify.dispatched"]
+    assert len(summary) == 1
+    assert summary[0]["sent"] == 1
+    assert summary[0]["deferred"] == 1
+    assert "oauth" not in repr(events)
+
+
+@pytest.mark.postgres
+def test_postgres_claim_skips_rows_locked_by_another_relay(
+    pg_url: str, settings_for: Callable[..., Settings]
+) -> None:
+    """SKIP LOCKED: a row locked by a concurrent claim is skipped, not waited on."""
+    from worker.db import make_engine, session_factory
+
+    engine = make_engine(pg_url)
+    try:
+        sessions = session_factory(engine)
+        locked = add_notification(sessions)
+        free = add_notification(sessions)
+        with session_scope(sessions) as holder:
+            holder.execute(
+                select(Notification.id).where(Notification.id == locked).with_for_update()
+            )
+            claimed = claim_batch(
+                sessions, now=NOW, owner="other", lease=timedelta(minutes=2), limit=10
+            )
+        assert [c.id for c in claimed] == [free]
+    finally:
+        engine.dispose()

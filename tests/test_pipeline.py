@@ -1,0 +1,225 @@
+"""The pipeline in process: scan → regenerate → outbox, on SQLite and PostgreSQL, against the
+MX sandbox over real loopback HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from models import Attempt, Member, Notification
+from tests.pipeline_helpers import REDIRECT, SCHEME, check_outcome, outbox_by_guid, populate
+from worker import tasks
+from worker.clock import utc_now
+from worker.config import Settings, load_settings
+from worker.pipeline import regenerate_batch
+from worker.repository import claim_due, new_owner
+from worker.runtime import Runtime
+from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID, SandboxConfig
+from worker.sandbox.server import RunningSandbox, running_sandbox
+from worker.scan import dry_run, run_scan, scan_lock
+
+
+@pytest.fixture
+def sandbox() -> Iterator[RunningSandbox]:
+    with running_sandbox(SandboxConfig()) as sb:
+        yield sb
+
+
+def make_settings(db_url: str, sb: RunningSandbox, **extra: Any) -> Settings:
+    return load_settings(
+        database_url=db_url,
+        mx_base_url=sb.base_url,
+        mx_sso_base_url=sb.sso_base_url,
+        mx_client_id=DEFAULT_CLIENT_ID,
+        mx_api_key=DEFAULT_API_KEY,
+        app_redirect_url=REDIRECT,
+        app_url_scheme=SCHEME,
+        allowed_redirect_prefixes=[REDIRECT],
+        notify_sink="file",
+        batch_size=25,
+        **extra,
+    )
+
+
+@pytest.fixture
+def runtime(db_url: str, sandbox: RunningSandbox) -> Iterator[Runtime]:
+    rt = Runtime(make_settings(db_url, sandbox))
+    tasks.set_runtime(rt)
+    tasks.set_followups(tasks.InlineFollowups())
+    yield rt
+    tasks.set_runtime(None)
+    tasks.set_followups(tasks.Followups())
+    from worker.delivery import close_sinks
+
+    close_sinks()
+    rt.close()
+
+
+def _count(engine: Engine, model: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_inline_scan_notifies_each_eligible_member_once(
+    runtime: Runtime, sandbox: RunningSandbox
+) -> None:
+    """Every eligible member gets exactly one notification with the right reason and parameters
+    (as MX received them); no ineligible member gets one; a second scan creates none."""
+    expected = populate(runtime.engine, 140, utc_now())
+    result = tasks.scan.run(trigger="test")
+    assert result["claimed"] == 140
+    assert result["batches"] == 140 // 25 + 1
+    check_outcome(expected, outbox_by_guid(runtime.engine), sandbox.requests())
+    notified = sum(k.notified for k in expected.values())
+    assert _count(runtime.engine, Notification) == notified
+
+    again = tasks.scan.run(trigger="test")
+    assert again["claimed"] == 0
+    assert _count(runtime.engine, Notification) == notified
+    with runtime.engine.connect() as conn:
+        states = dict(
+            conn.execute(
+                select(Member.reauth_state, func.count()).group_by(Member.reauth_state)
+            ).all()
+        )
+    assert states["awaiting_user"] == notified
+    assert states["not_oauth_capable"] == 10
+    assert states["gone"] == 10
+
+
+def test_redelivered_batch_creates_nothing_new(runtime: Runtime) -> None:
+    """Running the same regenerate message twice (a redelivery) writes no second attempt or
+    notification for a reminder already done."""
+    populate(runtime.engine, 14, utc_now())
+    owner = new_owner()
+    with runtime.sessions.begin() as s:
+        page = claim_due(s, now=utc_now(), owner=owner, lease=timedelta(minutes=2), limit=100)
+    first = regenerate_batch(runtime, page.ids, owner, clock=utc_now)
+    attempts, notes = _count(runtime.engine, Attempt), _count(runtime.engine, Notification)
+    second = regenerate_batch(runtime, page.ids, owner, clock=utc_now)
+    assert first.notifications == notes > 0
+    assert second.claimed == 0  # the claim was released on commit: nothing to redo
+    assert (_count(runtime.engine, Attempt), _count(runtime.engine, Notification)) == (
+        attempts,
+        notes,
+    )
+
+
+def test_overlapping_claim_after_lease_expiry_never_duplicates(runtime: Runtime) -> None:
+    """A batch whose lease expired and was re-claimed by a second worker: both run, yet each
+    (member, episode, reminder) has one outbox row (unique key + claim check)."""
+    populate(runtime.engine, 14, utc_now())
+    now = utc_now()
+    with runtime.sessions.begin() as s:
+        a = claim_due(s, now=now, owner="A", lease=timedelta(seconds=1), limit=100)
+    later = now + timedelta(seconds=5)
+    with runtime.sessions.begin() as s:
+        b = claim_due(s, now=later, owner="B", lease=timedelta(minutes=2), limit=100)
+    assert sorted(a.ids) == sorted(b.ids)
+    stale = regenerate_batch(runtime, a.ids, "A", clock=utc_now)
+    fresh = regenerate_batch(runtime, b.ids, "B", clock=utc_now)
+    assert stale.claimed == 0
+    assert fresh.notifications > 0
+    with runtime.engine.connect() as conn:
+        dupes = conn.execute(
+            select(Notification.idempotency_key)
+            .group_by(Notification.idempotency_key)
+            .having(func.count() > 1)
+        ).all()
+    assert dupes == []
+
+
+def test_dry_run_changes_nothing(runtime: Runtime, sandbox: RunningSandbox) -> None:
+    """scan --dry-run lists what would happen and leaves every row and the MX sandbox untouched."""
+    populate(runtime.engine, 28, utc_now())
+    before = _dump(runtime.engine)
+    rows = dry_run(runtime, now=utc_now())
+    assert _dump(runtime.engine) == before
+    assert sandbox.requests() == []
+    generate = [r for r in rows if r.action == "generate"]
+    assert len(generate) == 18  # 9 of the 14 kinds reach MX (incl. the two MX refusals)
+    app = [r for r in generate if r.channel == "APP"]
+    assert app
+    assert all(r.redirect for r in app)
+    assert not any(r.redirect for r in generate if r.channel == "BROWSER")
+    assert {r.skip_why for r in generate} == {
+        "stale_data",
+        "aggregation_in_progress",
+        "recently_aggregated",
+    }
+
+
+def _dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    out = {}
+    with engine.connect() as conn:
+        for table in ("members", "attempts", "notifications", "ops_actions", "scan_runs", "locks"):
+            out[table] = [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1"))]
+    return out
+
+
+def test_scan_with_reason_and_limit(runtime: Runtime) -> None:
+    """--reason claims only members with that reason; --limit caps how many."""
+    expected = populate(runtime.engine, 70, utc_now())
+    res = tasks.scan.run(trigger="test", reason="abandoned")
+    abandoned = [g for g, k in expected.items() if k.reason == "abandoned"]
+    assert res["claimed"] == len(abandoned)
+    assert set(outbox_by_guid(runtime.engine)) == set(abandoned)
+    res2 = tasks.scan.run(trigger="test", limit=7)
+    assert res2["claimed"] == 7
+
+
+def test_second_concurrent_scan_exits_at_once(runtime: Runtime) -> None:
+    """While one scan holds the singleton lock, another returns immediately having done nothing."""
+    populate(runtime.engine, 14, utc_now())
+    with scan_lock(runtime.engine, now=utc_now(), owner="other") as got:
+        assert got
+        result = run_scan(runtime, lambda ids, owner: None, clock=utc_now, trigger="test")
+    assert result.skipped_lock
+    assert result.claimed == 0
+    result = run_scan(runtime, lambda ids, owner: None, clock=utc_now, trigger="test")
+    assert not result.skipped_lock
+    assert result.claimed == 14
+
+
+def test_transient_failures_back_off_and_configuration_errors_spend_nothing(
+    runtime: Runtime, sandbox: RunningSandbox
+) -> None:
+    """500s leave members pending with a backoff; a wrong API key releases every claim without
+    spending an attempt and logs one error."""
+    populate(runtime.engine, 14, utc_now())
+    sandbox.config.update({"rate_500": 1.0, "fault_endpoints": ["nexus"]})
+    tasks.scan.run(trigger="test")
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(
+            select(Member.reauth_state, Member.attempts, Member.next_attempt_at).where(
+                Member.reauth_state == "pending"
+            )
+        ).all()
+    assert len(rows) == 9  # every kind that reaches MX, the MX refusals included
+    assert all(r.attempts == 1 for r in rows)
+    assert all(r.next_attempt_at > utc_now() for r in rows)
+    assert _count(runtime.engine, Notification) == 0
+
+    sandbox.config.update({"rate_500": 0.0})
+    bad = Runtime(
+        runtime.settings.model_copy(
+            update={"mx_api_key": runtime.settings.mx_api_key.__class__("wrong")}
+        )
+    )
+    try:
+        owner = new_owner()
+        with bad.sessions.begin() as s:
+            ids = list(s.scalars(select(Member.id)))
+            claim_due(s, now=utc_now(), owner=owner, lease=timedelta(minutes=2), limit=100,
+                      member_ids=ids)  # fmt: skip
+        res = regenerate_batch(bad, ids, owner, clock=utc_now, force=True)
+    finally:
+        bad.close()
+    assert res.configuration_error is not None
+    with runtime.engine.connect() as conn:
+        assert conn.scalar(select(func.max(Member.attempts))) == 1
+        assert conn.scalar(select(func.count()).where(Member.claim_owner.is_not(None))) == 0

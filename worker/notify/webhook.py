@@ -1,0 +1,179 @@
+"""The webhook sink: POST each message as JSON, signed per the Standard Webhooks scheme.
+
+Signing (https://www.standardwebhooks.com/, "Signature scheme"):
+
+* ``webhook-id``: the notification id, stable across redeliveries (the receiver's dedupe key);
+* ``webhook-timestamp``: integer Unix seconds at send time; receivers reject old timestamps,
+  which is what stops a captured request from being replayed later;
+* ``webhook-signature``: ``v1,`` + base64 HMAC-SHA256 of ``f"{id}.{timestamp}.{body}"``.
+
+The key: a secret of the form ``whsec_<base64>`` is base64-decoded, as the spec says; any other
+secret is used as its raw UTF-8 bytes (verify it with ``Webhook(secret.encode())``; the
+``standardwebhooks`` library would otherwise try to base64-decode a ``str``).
+
+Status handling: 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are transient
+(Retry-After honoured); any other status (4xx, and 3xx since redirects are not followed) is
+permanent and the notification goes dead at once. Messages of a batch are sent concurrently
+from a bounded thread pool, each with its own timeout, so one slow receiver path costs at most
+the timeout and never holds up the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import httpx
+
+from worker.clock import utc_now
+from worker.config import Settings
+from worker.errors import ConfigError, SinkPermanentError, SinkTransientError
+from worker.notify.sinks import DELIVERED, DeliveryResult, Message, encode
+
+#: Prefix of a secret in the spec's canonical form.
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a format marker, not a secret
+#: Requests in flight per batch; also the connection pool size.
+MAX_CONCURRENCY = 16
+#: Statuses that mean "try again later" although they are 4xx.
+RETRYABLE_4XX = frozenset({408, 429})
+#: Never let a receiver's Retry-After park a notification longer than this (seconds).
+MAX_RETRY_AFTER = 3600.0
+USER_AGENT = "reauth-notify/1"
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key for ``secret``: base64-decoded ``whsec_…``, else the raw UTF-8 bytes.
+
+    Raises:
+        ConfigError: a ``whsec_`` secret whose remainder is not valid base64, or an empty secret.
+    """
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(
+                "REAUTH_WEBHOOK_SECRET: a whsec_ secret must be followed by valid base64"
+            ) from None
+    else:
+        key = secret.encode()
+    if not key:
+        raise ConfigError("REAUTH_WEBHOOK_SECRET: must not be empty")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
+    """The ``webhook-signature`` header value for one message."""
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signed_headers(key: bytes, msg_id: str, body: str, *, now: datetime) -> dict[str, str]:
+    """All headers of one request: the three Standard Webhooks headers plus content type."""
+    timestamp = int(now.timestamp())
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, msg_id, timestamp, body),
+    }
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (the delta-seconds form only; an HTTP date is ignored)."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(seconds, MAX_RETRY_AFTER) if seconds > 0 else None
+
+
+def classify(response: httpx.Response) -> DeliveryResult:
+    """Map a receiver's answer to a delivery result (see the module docstring)."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return DELIVERED
+    if status in RETRYABLE_4XX or status >= 500:
+        return DeliveryResult(
+            SinkTransientError(f"webhook answered {status}"), retry_after=_retry_after(response)
+        )
+    return DeliveryResult(SinkPermanentError(f"webhook answered {status}"))
+
+
+class WebhookSink:
+    """POST messages to one URL, signed; concurrent within a batch."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        *,
+        timeout: float,
+        max_concurrency: int = MAX_CONCURRENCY,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._url = url
+        self._key = signing_key(secret)
+        self._max_concurrency = max_concurrency
+        # The clock is injected so a test can sign with an old timestamp; in production the
+        # timestamp must be the real send time, or receivers reject the request as a replay.
+        self._clock = clock
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookSink:
+        if settings.webhook_url is None or settings.webhook_secret is None:
+            raise ConfigError(
+                "REAUTH_NOTIFY_SINK=webhook needs REAUTH_WEBHOOK_URL and REAUTH_WEBHOOK_SECRET"
+            )
+        return cls(
+            settings.webhook_url,
+            settings.webhook_secret.get_secret_value(),
+            timeout=settings.webhook_timeout,
+        )
+
+    def _post(self, message: Message) -> DeliveryResult:
+        body = encode(message)
+        headers = signed_headers(self._key, str(message["id"]), body, now=self._clock())
+        try:
+            response = self._client.post(self._url, content=body.encode(), headers=headers)
+        except httpx.TimeoutException as exc:
+            return DeliveryResult(SinkTransientError(f"webhook timeout ({exc.__class__.__name__})"))
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            return DeliveryResult(
+                SinkPermanentError(f"webhook URL unusable ({exc.__class__.__name__})")
+            )
+        except httpx.HTTPError as exc:
+            # Only the class name: httpx messages can carry the URL, which may hold a token.
+            return DeliveryResult(SinkTransientError(f"webhook {exc.__class__.__name__}"))
+        return classify(response)
+
+    def deliver(self, messages: Sequence[Message]) -> list[DeliveryResult]:
+        if not messages:
+            return []
+        if len(messages) == 1:
+            return [self._post(messages[0])]
+        workers = min(self._max_concurrency, len(messages))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
+            return list(pool.map(self._post, messages))
+
+    def close(self) -> None:
+        self._client.close()
