@@ -91,9 +91,8 @@ def scan(
 
     Acked early on purpose: a scan lost with its worker is simply run by the next beat tick.
     """
-    from worker.scan import run_scan
-
     from worker.policy import Reason
+    from worker.scan import run_scan
 
     return run_scan(
         runtime(), scan_dispatch, clock=utc_now, trigger=trigger, limit=limit,
