@@ -223,3 +223,44 @@ def test_transient_failures_back_off_and_configuration_errors_spend_nothing(
     with runtime.engine.connect() as conn:
         assert conn.scalar(select(func.max(Member.attempts))) == 1
         assert conn.scalar(select(func.count()).where(Member.claim_owner.is_not(None))) == 0
+
+
+def test_stale_link_is_regenerated_before_delivery(
+    runtime: Runtime, sandbox: RunningSandbox, tmp_path: Any
+) -> None:
+    """An outbox row whose URI is older than REAUTH_LINK_MAX_AGE is regenerated through MX (same
+    member, episode and reminder; a 'refresh' attempt row) and the delivered message carries the
+    new URI."""
+    import json
+
+    from worker.delivery import close_sinks, dispatch
+    from worker.notify.contract import format_time
+
+    populate(runtime.engine, 1, utc_now())  # one expired member
+    owner = new_owner()
+    with runtime.sessions.begin() as s:
+        page = claim_due(s, now=utc_now(), owner=owner, lease=timedelta(minutes=2), limit=10)
+    regenerate_batch(runtime, page.ids, owner, clock=utc_now)  # no dispatch yet
+    with runtime.engine.connect() as conn:
+        old_uri = conn.scalar(select(Member.oauth_window_uri))
+    # Age the link past REAUTH_LINK_MAX_AGE, as if the relay had been down for a while.
+    aged = utc_now() - runtime.settings.link_max_age - timedelta(minutes=1)
+    with runtime.sessions.begin() as s:
+        note = s.scalars(select(Notification)).one()
+        note.payload = {**note.payload, "generated_at": format_time(aged)}
+    calls_before = len(sandbox.requests())
+
+    result = dispatch(runtime, clock=utc_now, owner="relay")
+    close_sinks()
+    assert result["sent"] == 1
+    assert result["refreshed"] == 1
+    assert len(sandbox.requests()) > calls_before
+    delivered = [json.loads(x) for x in (tmp_path / "notifications.jsonl").read_text().splitlines()]
+    assert len(delivered) == 1
+    assert delivered[0]["oauth_window_uri"] != old_uri
+    assert (delivered[0]["episode"], delivered[0]["reminder"]) == (1, 1)
+    with runtime.engine.connect() as conn:
+        triggers = [t for (t,) in conn.execute(select(Attempt.trigger).order_by(Attempt.id))]
+        member_uri = conn.scalar(select(Member.oauth_window_uri))
+    assert triggers == ["scan", "refresh"]
+    assert member_uri == delivered[0]["oauth_window_uri"]

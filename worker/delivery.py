@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from worker import metrics
 from worker.runtime import Runtime
 
 _sinks: dict[int, Any] = {}
@@ -32,21 +33,33 @@ def close_sinks() -> None:
     _sinks.clear()
 
 
+#: One dispatch call drains at most this many batches, so a task never runs unbounded; the beat
+#: sweeper picks up whatever is left.
+MAX_ROUNDS = 20
+
+
 def dispatch(rt: Runtime, *, clock: Callable[[], datetime], owner: str) -> dict[str, Any]:
-    """Deliver every due outbox row once (refreshing stale links first)."""
+    """Deliver due outbox rows batch by batch (refreshing stale links first) until drained."""
     from worker.notify.relay import dispatch_pending
     from worker.pipeline import refresh_links
 
-    def refresher(ids: Sequence[uuid.UUID], now: datetime) -> None:
+    def refresher(ids: Sequence[uuid.UUID], now: datetime, /) -> None:
         refresh_links(rt, ids, clock=clock)
 
-    result = dispatch_pending(
-        settings=rt.settings,
-        sessions=rt.sessions,
-        sink=sink_for(rt),
-        now=clock(),
-        owner=owner,
-        refresher=refresher,
-    )
-    as_dict = getattr(result, "as_dict", None)
-    return dict(as_dict()) if callable(as_dict) else dict(vars(result))
+    totals: dict[str, Any] = {}
+    for _ in range(MAX_ROUNDS):
+        result = dispatch_pending(
+            settings=rt.settings,
+            sessions=rt.sessions,
+            sink=sink_for(rt),
+            now=clock(),
+            owner=owner,
+            refresher=refresher,
+        )
+        for key, value in result.as_dict().items():
+            totals[key] = totals.get(key, 0) + value
+        if result.claimed < rt.settings.notify_batch_size:
+            break
+    metrics.NOTIFICATIONS.labels(result="sent").inc(totals.get("sent", 0))
+    metrics.NOTIFICATIONS.labels(result="dead").inc(totals.get("dead", 0))
+    return totals

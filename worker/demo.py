@@ -153,9 +153,7 @@ def run_demo(base: Settings) -> dict[str, Any]:
                 totals = dict(
                     s.execute(
                         select(Notification.status, func.count()).group_by(Notification.status)
-                    )
-                    .tuples()
-                    .all()
+                    ).all()
                 )
         finally:
             tasks.set_runtime(None)

@@ -146,9 +146,9 @@ def status(session: Session) -> dict[str, Any]:
         )
     }
     outbox = dict(
-        session.execute(select(Notification.status, func.count()).group_by(Notification.status))
-        .tuples()
-        .all()
+        session.execute(
+            select(Notification.status, func.count()).group_by(Notification.status)
+        ).all()
     )
     last = session.scalars(select(ScanRun).order_by(ScanRun.id.desc()).limit(1)).first()
     gave_up = session.scalar(

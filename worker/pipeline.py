@@ -374,7 +374,7 @@ def refresh_links(
                 select(Notification, Member)
                 .join(Member, Member.id == Notification.member_id)
                 .where(Notification.id.in_(notification_ids))
-            ).tuples()
+            )
         )
         for n, m in rows:
             p = n.payload
