@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # In non-standalone mode click returns the code of a typer.Exit instead of raising.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ConfigError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         sys.exit(EXIT_USAGE)
