@@ -264,3 +264,22 @@ def test_stale_link_is_regenerated_before_delivery(
         member_uri = conn.scalar(select(Member.oauth_window_uri))
     assert triggers == ["scan", "refresh"]
     assert member_uri == delivered[0]["oauth_window_uri"]
+
+
+def test_metrics_count_attempts_latency_and_scans(runtime: Runtime) -> None:
+    """The Prometheus registry shows attempts by outcome, MX latency, members due, outbox backlog
+    and scan duration after a scan."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("reauth_attempts_total", outcome="success")
+    scans_before = value("reauth_scan_duration_seconds_count")
+    populate(runtime.engine, 14, utc_now())
+    tasks.scan.run(trigger="test")
+    assert value("reauth_attempts_total", outcome="success") - before == 7
+    assert value("reauth_mx_latency_seconds_count") >= 9
+    assert value("reauth_scan_duration_seconds_count") == scans_before + 1
+    assert value("reauth_members_due") == 14
+    assert value("reauth_outbox_backlog") == 0

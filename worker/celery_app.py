@@ -94,10 +94,16 @@ def _unbind_task(**_: Any) -> None:
 
 
 @signals.worker_process_shutdown.connect
-def _close_runtime(**_: Any) -> None:
+def _close_runtime(pid: int | None = None, **_: Any) -> None:
+    import os
+
     from worker.tasks import close_runtime
 
     close_runtime()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
 
 
 @signals.worker_ready.connect

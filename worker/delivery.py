@@ -11,7 +11,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
+
+from models import Notification
 from worker import metrics
+from worker.db import session_scope
 from worker.runtime import Runtime
 
 _sinks: dict[int, Any] = {}
@@ -60,6 +64,11 @@ def dispatch(rt: Runtime, *, clock: Callable[[], datetime], owner: str) -> dict[
             totals[key] = totals.get(key, 0) + value
         if result.claimed < rt.settings.notify_batch_size:
             break
+    with session_scope(rt.sessions) as s:
+        backlog = s.scalar(
+            select(func.count()).select_from(Notification).where(Notification.status == "pending")
+        )
+    metrics.OUTBOX_BACKLOG.set(int(backlog or 0))
     metrics.NOTIFICATIONS.labels(result="sent").inc(totals.get("sent", 0))
     metrics.NOTIFICATIONS.labels(result="dead").inc(totals.get("dead", 0))
     return totals

@@ -6,7 +6,9 @@ task bodies in this process (no broker or worker needed); otherwise work is enqu
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +333,10 @@ def _celery(argv: list[str]) -> None:
     settings = setup()
     if settings.broker_url is None:
         raise ConfigError("REAUTH_BROKER_URL is not set; the worker and beat need a broker")
+    if settings.metrics_port and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Prefork children count in their own processes; multiprocess mode lets the parent
+        # serve their sum. Must be set before prometheus_client is first imported.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="reauth-metrics-")
     from worker.celery_app import app as celery_app
 
     celery_app.start(argv)
