@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from sqlalchemy.orm import Session
 
 from worker.config import Settings, get_settings
+from worker.db import make_engine, session_factory, session_scope
 from worker.logging import configure_logging, register_secret
 
 #: Tables stay readable when piped (rich would otherwise wrap at 80 columns).
@@ -26,6 +30,25 @@ def setup(*, quiet: bool = False) -> Settings:
         level="WARNING" if quiet else settings.log_level,
     )
     return settings
+
+
+@contextmanager
+def db_session(settings: Settings) -> Iterator[Session]:
+    """One unit of work on the configured database, for commands that need nothing else."""
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def emit(result: Any, json_out: bool) -> None:
+    """Print a command's result as JSON (``--json``) or for a human."""
+    if json_out:
+        print_json(result)
+    else:
+        console.print(result)
 
 
 def print_json(data: Any) -> None:

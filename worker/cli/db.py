@@ -19,6 +19,14 @@ def _backend(url: str) -> str:
     return f"{u.get_backend_name()} {u.database or ''}".strip()
 
 
+def _report(url: str, json_out: bool) -> None:
+    rev = migrate.current(url)
+    if json_out:
+        print_json({"database": _backend(url), "revision": rev})
+    else:
+        console.print(f"database [bold]{_backend(url)}[/] at revision {rev}")
+
+
 @db_app.command("upgrade")
 def upgrade(
     revision: str = typer.Argument("head", help="Target revision."),
@@ -27,11 +35,7 @@ def upgrade(
     """Apply migrations (creates the schema on a new database)."""
     settings = setup(quiet=True)
     migrate.upgrade(settings.database_url, revision)
-    rev = migrate.current(settings.database_url)
-    if json_out:
-        print_json({"database": _backend(settings.database_url), "revision": rev})
-    else:
-        console.print(f"database [bold]{_backend(settings.database_url)}[/] at revision {rev}")
+    _report(settings.database_url, json_out)
 
 
 @db_app.command("downgrade")
@@ -42,11 +46,7 @@ def downgrade(
     """Revert migrations down to REVISION."""
     settings = setup(quiet=True)
     migrate.downgrade(settings.database_url, revision)
-    rev = migrate.current(settings.database_url)
-    if json_out:
-        print_json({"database": _backend(settings.database_url), "revision": rev})
-    else:
-        console.print(f"database [bold]{_backend(settings.database_url)}[/] at revision {rev}")
+    _report(settings.database_url, json_out)
 
 
 @db_app.command("current")

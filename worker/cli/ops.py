@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from worker.cli import app
-from worker.cli.common import console, print_json, setup
+from worker.cli.common import console, db_session, emit, print_json, setup
 from worker.clock import utc_now
 from worker.config import Settings
 from worker.db import session_scope
@@ -152,10 +152,7 @@ def scan(
             result = {"enqueued": True}
     finally:
         rt.close()
-    if json_out:
-        print_json(result)
-    else:
-        console.print(result)
+    emit(result, json_out)
 
 
 def _print_plan(rows: list[Any], json_out: bool) -> None:
@@ -239,10 +236,7 @@ def rerun(
             )
     finally:
         rt.close()
-    if json_out:
-        print_json(summary)
-    else:
-        console.print(summary)
+    emit(summary, json_out)
 
 
 # --- oauth-result, status, history ----------------------------------------------------------------
@@ -259,20 +253,12 @@ def oauth_result(
     """Record an OAuth result (from a redirect handler or MX webhook consumer)."""
     from worker import ops
 
-    settings = setup(quiet=json_out)
-    rt = _runtime(settings)
-    try:
-        with session_scope(rt.sessions) as s:
-            result = ops.oauth_result(
-                s, member_guid=member_guid, status=status, error_reason=error_reason,
-                now=utc_now(), actor=actor or ops.default_actor(),
-            )  # fmt: skip
-    finally:
-        rt.close()
-    if json_out:
-        print_json(result)
-    else:
-        console.print(result)
+    with db_session(setup(quiet=json_out)) as s:
+        result = ops.oauth_result(
+            s, member_guid=member_guid, status=status, error_reason=error_reason,
+            now=utc_now(), actor=actor or ops.default_actor(),
+        )  # fmt: skip
+    emit(result, json_out)
 
 
 @app.command("status")
@@ -280,13 +266,8 @@ def status(json_out: bool = JSON_OPT) -> None:
     """Members per state and reason, outbox by status, last scan, gave-up count."""
     from worker import ops
 
-    settings = setup(quiet=True)
-    rt = _runtime(settings)
-    try:
-        with session_scope(rt.sessions) as s:
-            result = ops.status(s)
-    finally:
-        rt.close()
+    with db_session(setup(quiet=True)) as s:
+        result = ops.status(s)
     if json_out:
         print_json(result)
         return
@@ -306,13 +287,8 @@ def history(member_guid: str = typer.Argument(...), json_out: bool = JSON_OPT) -
     """Attempts, notifications and ops actions for one member, in time order."""
     from worker import ops
 
-    settings = setup(quiet=True)
-    rt = _runtime(settings)
-    try:
-        with session_scope(rt.sessions) as s:
-            result = ops.history(s, member_guid)
-    finally:
-        rt.close()
+    with db_session(setup(quiet=True)) as s:
+        result = ops.history(s, member_guid)
     if json_out:
         print_json(result)
         return
