@@ -78,6 +78,10 @@ def seeds(now: datetime) -> list[Seed]:
     add("MX: member cannot use OAuth", 2, connection_status="DENIED", marker="NOOAUTH")
     add("MX: member gone (404)", 1, connection_status="EXPIRED", marker="GONE")
     add("MX answers another guid", 1, connection_status="EXPIRED", marker="MOVED")
+    # Processed in a second pass with REAUTH_AGGREGATE_AFTER_REAUTH=false (a global setting), so
+    # the demo also shows the disabled_by_config branch of skip_aggregation.
+    add("expired, aggregation disabled by config", 2, connection_status="EXPIRED",
+        successfully_aggregated_at=stale, marker="NOAGG")  # fmt: skip
     return out
 
 
@@ -100,7 +104,8 @@ def _seed(session: Session, population: list[Seed], now: datetime) -> int:
         session.add(
             Member(
                 member_guid=seed.guid, user_guid=f"USR-demo-{i // 2:03d}",
-                next_attempt_at=now, reauth_state="idle", **values,
+                next_attempt_at=None if "NOAGG" in seed.guid else now, reauth_state="idle",
+                **values,
             )
         )  # fmt: skip
         added += 1
@@ -143,6 +148,7 @@ def run_demo(base: Settings) -> dict[str, Any]:
             tasks.set_runtime(rt)
             tasks.set_followups(tasks.InlineFollowups())
             scan = tasks.scan.run(trigger="demo")
+            _second_pass(rt, population)
             with session_scope(rt.sessions) as s:
                 rows = _rows(s, population, since=started)
                 notified_now = s.scalar(
@@ -175,6 +181,32 @@ def run_demo(base: Settings) -> dict[str, Any]:
         },
         "backends": _backends(settings),
     }
+
+
+def _second_pass(rt: Runtime, population: list[Seed]) -> None:
+    """Process the NOAGG members as a deployment with REAUTH_AGGREGATE_AFTER_REAUTH=false."""
+    from worker import repository, tasks
+
+    guids = [p.guid for p in population if "NOAGG" in p.guid]
+    owner = repository.new_owner()
+    with session_scope(rt.sessions) as s:
+        ids = list(
+            s.scalars(select(Member.id).where(Member.member_guid.in_(guids), Member.episode == 0))
+        )
+        if ids:
+            repository.claim_due(
+                s, now=utc_now(), owner=owner, lease=rt.settings.claim_lease, limit=len(ids),
+                member_ids=ids,
+            )  # fmt: skip
+    if not ids:
+        return
+    no_agg = Runtime(rt.settings.model_copy(update={"aggregate_after_reauth": False}))
+    try:
+        tasks.set_runtime(no_agg)
+        tasks.followups.regenerate(ids, owner, force=False, trigger="demo")
+    finally:
+        tasks.set_runtime(rt)
+        no_agg.close()
 
 
 def _rows(session: Session, population: list[Seed], *, since: datetime) -> list[dict[str, Any]]:
