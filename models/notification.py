@@ -24,7 +24,7 @@ class Notification(TimestampMixin, Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    #: pending | sent | dead
+    #: pending | sent | dead | canceled
     status: Mapped[str] = mapped_column(String(8), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]

@@ -26,6 +26,9 @@ import models
 from worker import migrate
 from worker.config import get_settings
 from worker.db import make_engine, session_factory
+from worker.runtime import Runtime
+from worker.sandbox.config import SandboxConfig
+from worker.sandbox.server import RunningSandbox, running_sandbox
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_DATABASE_URL = os.environ.get(
@@ -154,3 +157,30 @@ def redis_url() -> str:
     finally:
         client.close()
     return TEST_REDIS_URL
+
+
+# --- the pipeline in process --------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox() -> Iterator[RunningSandbox]:
+    """The MX sandbox on a free loopback port (no faults)."""
+    with running_sandbox(SandboxConfig()) as sb:
+        yield sb
+
+
+@pytest.fixture
+def runtime(db_url: str, sandbox: RunningSandbox) -> Iterator[Runtime]:
+    """A process runtime on ``db_url`` against the sandbox, with inline task follow-ups."""
+    from tests.pipeline_helpers import make_settings
+    from worker import tasks
+    from worker.delivery import close_sinks
+
+    rt = Runtime(make_settings(db_url, sandbox))
+    tasks.set_runtime(rt)
+    tasks.set_followups(tasks.InlineFollowups())
+    yield rt
+    tasks.set_runtime(None)
+    tasks.set_followups(tasks.Followups())
+    close_sinks()
+    rt.close()

@@ -148,3 +148,23 @@ def check_outcome(
         else:
             assert "client_redirect_url" not in q
             assert "ui_message_webview_url_scheme" not in q
+
+
+def make_settings(db_url: str, sb: Any, **extra: Any) -> Any:
+    """Settings for the pipeline against a running sandbox ``sb``, file sink, small batches."""
+    from worker.config import load_settings
+    from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
+
+    return load_settings(
+        database_url=db_url,
+        mx_base_url=sb.base_url,
+        mx_sso_base_url=sb.sso_base_url,
+        mx_client_id=DEFAULT_CLIENT_ID,
+        mx_api_key=DEFAULT_API_KEY,
+        app_redirect_url=REDIRECT,
+        app_url_scheme=SCHEME,
+        allowed_redirect_prefixes=[REDIRECT],
+        notify_sink="file",
+        batch_size=25,
+        **extra,
+    )

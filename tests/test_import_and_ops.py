@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from tests.pipeline_helpers import REDIRECT, SCHEME
 from worker.cli import main
 from worker.db import make_engine
 from worker.importer import MAX_LINE_BYTES, parse
-from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID, SandboxConfig
-from worker.sandbox.server import RunningSandbox, running_sandbox
+from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
+from worker.sandbox.server import RunningSandbox
 
 GOOD = {
     "member_guid": "MBR-a",
@@ -51,12 +50,14 @@ def test_parser_reports_every_bad_row_with_its_line() -> None:
             b"\xff\xfe broken utf-8",
             b"x" * (MAX_LINE_BYTES + 1),
             json.dumps({**GOOD, "member_guid": "MBR-f", "channel": "app"}).encode(),
+            json.dumps({**GOOD, "member_guid": "MBR-g", "user_id": "u" * 129}).encode(),
         ]
     )  # fmt: skip
     parsed = parse(data, "jsonl")
     assert [line for line, _ in parsed.rows] == [1, 11]
     errors = {e.line: e.message for e in parsed.errors}
-    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9, 10}
+    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9, 10, 12}
+    assert "user_id: longer than 128" in errors[12]
     assert "not valid JSON" in errors[2]
     assert "is_oauth" in errors[3]
     assert "ASLEEP" in errors[4]
@@ -85,12 +86,6 @@ def test_csv_parsing() -> None:
 
 
 # --- the CLI ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    with running_sandbox(SandboxConfig()) as sb:
-        yield sb
 
 
 @pytest.fixture

@@ -3,60 +3,20 @@ MX sandbox over real loopback HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, func, select, text
 
 from models import Attempt, Member, Notification
-from tests.pipeline_helpers import REDIRECT, SCHEME, check_outcome, outbox_by_guid, populate
+from tests.pipeline_helpers import check_outcome, outbox_by_guid, populate
 from worker import tasks
 from worker.clock import utc_now
-from worker.config import Settings, load_settings
 from worker.pipeline import regenerate_batch
 from worker.repository import claim_due, new_owner
 from worker.runtime import Runtime
-from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID, SandboxConfig
-from worker.sandbox.server import RunningSandbox, running_sandbox
+from worker.sandbox.server import RunningSandbox
 from worker.scan import dry_run, run_scan, scan_lock
-
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    with running_sandbox(SandboxConfig()) as sb:
-        yield sb
-
-
-def make_settings(db_url: str, sb: RunningSandbox, **extra: Any) -> Settings:
-    return load_settings(
-        database_url=db_url,
-        mx_base_url=sb.base_url,
-        mx_sso_base_url=sb.sso_base_url,
-        mx_client_id=DEFAULT_CLIENT_ID,
-        mx_api_key=DEFAULT_API_KEY,
-        app_redirect_url=REDIRECT,
-        app_url_scheme=SCHEME,
-        allowed_redirect_prefixes=[REDIRECT],
-        notify_sink="file",
-        batch_size=25,
-        **extra,
-    )
-
-
-@pytest.fixture
-def runtime(db_url: str, sandbox: RunningSandbox) -> Iterator[Runtime]:
-    rt = Runtime(make_settings(db_url, sandbox))
-    tasks.set_runtime(rt)
-    tasks.set_followups(tasks.InlineFollowups())
-    yield rt
-    tasks.set_runtime(None)
-    tasks.set_followups(tasks.Followups())
-    from worker.delivery import close_sinks
-
-    close_sinks()
-    rt.close()
 
 
 def _count(engine: Engine, model: Any) -> int:

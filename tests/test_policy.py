@@ -361,3 +361,18 @@ def test_same_inputs_same_decision(m: MemberSnapshot, now: datetime) -> None:
     """The policy is deterministic: the same snapshot and time give the same decision."""
     assert decide(m, now, CFG) == decide(m, now, CFG)
     assert decide(m, now, CFG) == decide(replace(m), now, replace(CFG))
+
+
+def test_forced_rerun_of_a_gave_up_member_gets_a_fresh_attempt_budget() -> None:
+    """rerun --force revives a gave-up member with attempts reset, so one more transient
+    failure does not give up again at once."""
+    cfg = replace(CFG, max_attempts=3)
+    m = member(
+        connection_status="EXPIRED", state=State.GAVE_UP, reason=Reason.EXPIRED, episode=1,
+        episode_started_at=NOW, attempts=3,
+    )  # fmt: skip
+    g = decide(m, NOW, cfg, force=True)
+    assert isinstance(g, Generate)
+    f = after_outcome(m, g, Outcome.TRANSIENT, NOW, cfg)
+    assert f.state is State.PENDING
+    assert f.attempts == 1

@@ -12,6 +12,8 @@ from datetime import timedelta
 
 #: Never retry sooner than this, whatever the draw.
 MIN_DELAY = timedelta(seconds=5)
+#: A Retry-After is honoured up to this long (a hostile value cannot park a member for a year).
+RETRY_AFTER_CAP = timedelta(days=1)
 
 
 def backoff_delay(
@@ -25,8 +27,8 @@ def backoff_delay(
     """Delay before retry number ``attempt`` (1 = the first retry).
 
     The ceiling is ``base * 2**(attempt-1)`` capped at ``cap``; the delay is drawn uniformly from
-    ``[MIN_DELAY, ceiling]`` and raised to ``retry_after`` seconds when MX sent one (also capped,
-    so a hostile Retry-After cannot park a member for a year).
+    ``[MIN_DELAY, ceiling]`` and raised to ``retry_after`` seconds when MX sent one (honoured up
+    to :data:`RETRY_AFTER_CAP`, so a hostile Retry-After cannot park a member for a year).
 
     With the defaults the first retry comes within 30 s, the fifth within 8 minutes.
 
@@ -41,5 +43,5 @@ def backoff_delay(
     ceiling = max(ceiling, MIN_DELAY)
     delay: timedelta = MIN_DELAY + (ceiling - MIN_DELAY) * draw
     if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(timedelta(seconds=retry_after), cap))
+        delay = max(delay, min(timedelta(seconds=retry_after), RETRY_AFTER_CAP))
     return delay

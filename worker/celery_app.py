@@ -38,7 +38,10 @@ def create_app() -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(settings.task_time_limit - 10, 1),
-        broker_transport_options=transport,
+        # Kombu sweeps for unacked messages past the visibility timeout only on every 10th
+        # restore tick (10 s apart), so a killed worker's batch came back up to 100 s *after*
+        # the timeout (found by tests/reliability/test_worker_kill.py). Sweep on every tick.
+        broker_transport_options={**transport, "unacked_restore_throttle": 1},
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout,
         broker_connection_retry_on_startup=True,

@@ -42,8 +42,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             @event.listens_for(engine, "begin")
             def _sqlite_begin(conn: Any) -> None:
                 # One writer at a time: every unit of work takes the write lock when it starts,
-                # which is how claims stay exclusive on a database without row locks.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # which is how claims stay exclusive on a database without row locks. Readers
+                # that say so (dry runs) take no write lock.
+                read_only = conn.get_execution_options().get("read_only", False)
+                conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
             return engine
         return create_engine(url, pool_pre_ping=True, **kwargs)

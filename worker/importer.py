@@ -76,8 +76,15 @@ class MemberRow(BaseModel):
     def _required_text(cls, v: str) -> str:
         if not v:
             raise ValueError("must not be empty")
-        if len(v) > 64 and v is not None:
+        if len(v) > 64:
             raise ValueError("longer than 64 characters")
+        return v
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id_fits(cls, v: str | None) -> str | None:
+        if v is not None and len(v) > 128:
+            raise ValueError("longer than 128 characters")
         return v
 
     @field_validator(
@@ -291,9 +298,10 @@ def upsert(
 ) -> ImportResult:
     """Insert new members and update changed ones (chunked by 1,000)."""
     result = ImportResult()
+    closed: list[int] = []
     for start in range(0, len(rows), 1000):
         chunk = rows[start : start + 1000]
-        existing = repo.by_guids(session, [r.member_guid for r in chunk])
+        existing = repo.by_guids(session, [r.member_guid for r in chunk], for_update=True)
         for row in chunk:
             values = row.model_dump()
             m = existing.get(row.member_guid)
@@ -307,15 +315,21 @@ def upsert(
             for k in MX_FIELDS:
                 setattr(m, k, values[k])
             result.updated += 1
-            claimed = m.claim_expires_at is not None and m.claim_expires_at > now
+            # A batch holding this member decided on the old data: take its claim away so its
+            # write is skipped, then decide again on the new data.
+            repo.take_over(m)
             decision = decide(repo.snapshot(m), now, cfg)
-            if isinstance(decision, Update) and not claimed:
+            if isinstance(decision, Update):
                 was_open = m.reauth_state in {"pending", "awaiting_user", "gave_up"}
-                for col, val in repo.fields_to_columns(decision.fields).items():
+                columns = repo.fields_to_columns(decision.fields)
+                del columns["last_error"]
+                for col, val in columns.items():
                     setattr(m, col, val)
                 if was_open and m.reauth_state == "idle":
                     result.episodes_closed += 1
+                    closed.append(m.id)
             else:
                 m.next_attempt_at = now
         session.flush()
+    repo.cancel_pending(session, closed, now)
     return result

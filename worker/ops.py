@@ -48,9 +48,11 @@ def record(
     )  # fmt: skip
 
 
-def members_by_guid(session: Session, guids: Sequence[str]) -> list[Member]:
+def members_by_guid(
+    session: Session, guids: Sequence[str], *, for_update: bool = False
+) -> list[Member]:
     """The members named, or :class:`UnknownMemberError` naming every unknown guid."""
-    found = repo.by_guids(session, list(guids))
+    found = repo.by_guids(session, list(guids), for_update=for_update)
     missing = [g for g in guids if g not in found]
     if missing:
         raise UnknownMemberError(missing)
@@ -103,8 +105,10 @@ def oauth_result(
             )
         if status == "success":
             raise InputError("--error-reason only goes with --status error")
-    (m,) = members_by_guid(session, [member_guid])
+    (m,) = members_by_guid(session, [member_guid], for_update=True)
     before = {"state": m.reauth_state, "episode": m.episode}
+    # A batch in flight decided on the old state: its write must not land on top of this one.
+    repo.take_over(m)
     if status == "success":
         m.oauth_status = "SUCCESS"
         m.oauth_error_reason = None
@@ -113,6 +117,8 @@ def oauth_result(
         m.connection_status = "CONNECTED"
         for col, val in repo.fields_to_columns(ended_by_oauth_success(repo.snapshot(m))).items():
             setattr(m, col, val)
+        # Reminders not yet delivered would send a user who just finished back to OAuth.
+        repo.cancel_pending(session, [m.id], now)
     else:
         m.oauth_status = "ERRORED"
         m.oauth_error_reason = error_reason
@@ -157,7 +163,7 @@ def status(session: Session) -> dict[str, Any]:
     return {
         "members": by_state,
         "members_total": sum(by_state.values()),
-        "outbox": {k: outbox.get(k, 0) for k in ("pending", "sent", "dead")},
+        "outbox": {k: outbox.get(k, 0) for k in ("pending", "sent", "dead", "canceled")},
         "gave_up": int(gave_up or 0),
         "last_scan": None
         if last is None
@@ -167,6 +173,7 @@ def status(session: Session) -> dict[str, Any]:
             "duration_s": last.duration_s,
             "claimed": last.claimed,
             "batches": last.batches,
+            "skipped_lock": last.skipped_lock,
         },
     }
 

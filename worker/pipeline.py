@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import select
 
 from models import Member, Notification
-from worker import metrics
+from worker import failpoints, metrics
 from worker import repository as repo
 from worker.db import session_scope
 from worker.errors import (
@@ -38,11 +38,13 @@ from worker.logging import fingerprint_uri
 from worker.mx import MxClient, OAuthRequest, OAuthWindow
 from worker.notify.contract import build_message, format_time, idempotency_key
 from worker.policy import (
+    IN_EPISODE,
     Channel,
     Generate,
     MemberSnapshot,
     Outcome,
     Reason,
+    State,
     Update,
     after_outcome,
     channel_params,
@@ -116,6 +118,7 @@ async def call_all(
                 if isinstance(exc, MxConfigurationError):
                     stop.set()
                 return CallResult(error=exc, latency_ms=_ms(started))
+            failpoints.hit("during_mx_calls")
             return CallResult(window=window, latency_ms=_ms(started))
 
     return list(await asyncio.gather(*(one(r) for r in requests)))
@@ -192,10 +195,17 @@ def regenerate_batch(
         return result
     requests = [_request_for(m, g) for m, _, g in todo]
     calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
+    failpoints.hit("after_mx_calls")
     _write(rt, todo, calls, owner, clock(), trigger=trigger, task_id=task_id, result=result)
     config_errors = [r.error for r in calls if isinstance(r.error, MxConfigurationError)]
     if config_errors:
         result.configuration_error = f"{type(config_errors[0]).__name__}: {config_errors[0]}"
+        # Stop the line, not just this batch: every worker and scan pauses MX calls for a while
+        # instead of spending quota on requests that fail the same way.
+        with session_scope(rt.sessions) as s:
+            repo.pause_mx(
+                s, until=clock() + rt.settings.backoff_base, why=result.configuration_error
+            )
         log.error(
             "mx_configuration_error",
             error=result.configuration_error,
@@ -214,18 +224,31 @@ def _decide(
     cfg = rt.policy
     todo: Todo = []
     with session_scope(rt.sessions) as s:
-        members = repo.load_claimed(s, ids, owner)
+        paused = repo.mx_paused(s, now)
+        if paused is not None:
+            # A configuration error paused MX calls: hand the claims back untouched.
+            result.claimed = repo.release_claims(s, ids, owner)
+            result.outcomes["paused"] += result.claimed
+            result.configuration_error = f"MX calls paused: {paused}"
+            return todo
+        members = repo.load_claimed(s, ids, owner, renew_until=now + rt.settings.claim_lease)
         result.claimed = len(members)
         updates: list[dict[str, Any]] = []
         wanted: Todo = []
+        ended: list[int] = []
         for m in members:
             snap = repo.snapshot(m)
             decision = decide(snap, now, cfg, force=force)
             if isinstance(decision, Update):
-                updates.append({"id": m.id, **repo.fields_to_columns(decision.fields)})
+                columns = repo.fields_to_columns(decision.fields)
+                del columns["last_error"]  # a decision without an MX call keeps the last error
+                updates.append({"id": m.id, **columns})
+                if snap.state in IN_EPISODE and decision.fields.state is State.IDLE:
+                    ended.append(m.id)
                 result.outcomes["no_call"] += 1
             else:
                 wanted.append((m, snap, decision))
+        repo.cancel_pending(s, ended, now)
         done = repo.existing_keys(
             s, (idempotency_key(m.member_guid, g.episode, g.reminder) for m, _, g in wanted)
         )
@@ -289,6 +312,11 @@ def _write(
                 error=f"{type(res.error).__name__}: {res.error}" if res.error else None,
             )
             row = {"id": m.id, **repo.fields_to_columns(fields)}
+            if fields.state is State.GAVE_UP:
+                log.error(
+                    "member_gave_up", member_guid=m.member_guid, episode=g.episode,
+                    reminder=g.reminder, attempts=fields.attempts, last_error=fields.last_error,
+                )  # fmt: skip
             if res.window is not None:
                 w = res.window
                 row.update(oauth_window_uri=w.oauth_window_uri, uri_generated_at=w.generated_at)

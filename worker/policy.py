@@ -184,6 +184,8 @@ class Generate:
     skip_why: SkipWhy
     params: ChannelParams
     new_episode: bool
+    #: attempts already spent on this reminder (0 in a new episode or after a forced revival)
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -286,8 +288,10 @@ def decide(m: MemberSnapshot, now: datetime, cfg: PolicyConfig, *, force: bool =
     ``force`` (an operator's ``rerun --force``) skips backoff and reminder timing and revives a
     gave-up member, but never repeats a reminder already sent.
     """
-    if m.state in TERMINAL and force:
+    if force and m.state in TERMINAL:
         m = replace(m, state=State.IDLE)
+    if force and m.state is State.GAVE_UP:
+        m = replace(m, attempts=0)  # an operator's rerun gets a fresh attempt budget
     reason = reason_for(m, now, cfg)
     if reason is None:
         return _not_eligible(m, now, cfg)
@@ -335,6 +339,7 @@ def _generate(
         skip_why=why,
         params=channel_params(m.channel, cfg),
         new_episode=episode != m.episode,
+        attempts=0 if episode != m.episode else m.attempts,
     )
 
 
@@ -405,7 +410,7 @@ def after_outcome(
         episode=g.episode,
         episode_started_at=g.episode_started_at,
         reminders_sent=g.reminder - 1,
-        attempts=0 if g.new_episode else m.attempts,
+        attempts=g.attempts,
         next_attempt_at=None,
     )
     if outcome in (Outcome.SUCCESS, Outcome.DUPLICATE):

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from models import Attempt, Member, Notification
+from models import Attempt, Lock, Member, Notification
 from worker.policy import Channel, MemberSnapshot, Reason, ReauthFields, SkipWhy, State
 
 
@@ -60,6 +60,12 @@ def fields_to_columns(f: ReauthFields) -> dict[str, Any]:
         "claim_owner": None,
         "claim_expires_at": None,
     }
+
+
+def after_clause(after: tuple[datetime, int]) -> Any:
+    """Keyset position: a row-value comparison, so PostgreSQL seeks the index instead of
+    OR-ing two ranges and sorting everything still due."""
+    return tuple_(Member.next_attempt_at, Member.id) > tuple_(literal(after[0]), literal(after[1]))
 
 
 def _due_clause(now: datetime) -> Any:
@@ -102,13 +108,7 @@ def claim_due(
         cond = _due_clause(now)
         if after is not None:
             # Keyset pagination: the cost of a page does not grow with how deep the walk is.
-            cond = and_(
-                cond,
-                or_(
-                    Member.next_attempt_at > after[0],
-                    and_(Member.next_attempt_at == after[0], Member.id > after[1]),
-                ),
-            )
+            cond = and_(cond, after_clause(after))
     inner = select(Member.id).where(cond).order_by(Member.next_attempt_at, Member.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         inner = inner.with_for_update(skip_locked=True)
@@ -131,12 +131,26 @@ def claim_due(
     return Page(ids=ids, last=last)
 
 
-def load_claimed(session: Session, ids: Sequence[int], owner: str) -> list[Member]:
-    """The members of ``ids`` still claimed by ``owner``, locked for this transaction."""
+def load_claimed(
+    session: Session,
+    ids: Sequence[int],
+    owner: str,
+    *,
+    renew_until: datetime | None = None,
+) -> list[Member]:
+    """The members of ``ids`` still claimed by ``owner``, locked for this transaction.
+
+    ``renew_until`` extends their lease: a batch that waited in the queue starts its work with a
+    full lease rather than whatever the scan's claim had left.
+    """
     stmt = select(Member).where(Member.id.in_(ids), Member.claim_owner == owner)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
-    return list(session.scalars(stmt))
+    members = list(session.scalars(stmt))
+    if renew_until is not None:
+        for m in members:
+            m.claim_expires_at = renew_until
+    return members
 
 
 def release_claims(session: Session, ids: Iterable[int], owner: str) -> int:
@@ -184,11 +198,59 @@ def update_members(session: Session, rows: list[dict[str, Any]]) -> None:
         session.execute(update(Member), rows)
 
 
-def by_guids(session: Session, guids: Sequence[str]) -> dict[str, Member]:
-    return {
-        m.member_guid: m
-        for m in session.scalars(select(Member).where(Member.member_guid.in_(guids)))
-    }
+def by_guids(
+    session: Session, guids: Sequence[str], *, for_update: bool = False
+) -> dict[str, Member]:
+    """Members by guid; ``for_update`` locks them (PostgreSQL) against a concurrent batch write."""
+    stmt = select(Member).where(Member.member_guid.in_(guids))
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return {m.member_guid: m for m in session.scalars(stmt)}
+
+
+def take_over(m: Member) -> None:
+    """Revoke whatever claim a worker holds on ``m`` (an import or OAuth result changed it).
+
+    The worker's batch then finds the claim gone when it writes, counts the member as
+    ``lease_lost`` and leaves it alone, so it cannot overwrite the newer state with a decision
+    taken on old data.
+    """
+    m.claim_owner = None
+    m.claim_expires_at = None
+
+
+def cancel_pending(session: Session, member_ids: Iterable[int], now: datetime) -> int:
+    """Cancel undelivered notifications of members whose episode ended."""
+    ids = list(member_ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        update(Notification)
+        .where(Notification.member_id.in_(ids), Notification.status == "pending")
+        .values(status="canceled", last_error="episode ended before delivery", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+#: Name of the lock row that pauses all MX calls after a configuration error.
+MX_PAUSE = "mx.paused"
+
+
+def pause_mx(session: Session, *, until: datetime, why: str) -> None:
+    """Stop every worker from calling MX until ``until`` (credentials or allow-list broken)."""
+    row = session.get(Lock, MX_PAUSE)
+    if row is None:
+        session.add(Lock(name=MX_PAUSE, owner=why[:64], expires_at=until))
+    else:
+        row.owner = why[:64]
+        row.expires_at = max(row.expires_at, until)
+
+
+def mx_paused(session: Session, now: datetime) -> str | None:
+    """Why MX calls are paused right now, or None."""
+    row = session.get(Lock, MX_PAUSE)
+    return row.owner if row is not None and row.expires_at > now else None
 
 
 def due_count(session: Session, now: datetime) -> int:

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from models import Lock, Member, ScanRun
-from worker import metrics
+from worker import failpoints, metrics
 from worker import repository as repo
 from worker.db import session_scope
 from worker.policy import Generate, Reason, decide, reason_for
@@ -45,6 +45,7 @@ Dispatch = Callable[[list[int], str], None]
 @dataclass
 class ScanResult:
     skipped_lock: bool = False
+    paused: str | None = None
     claimed: int = 0
     batches: int = 0
     duration_s: float = 0.0
@@ -53,6 +54,7 @@ class ScanResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "skipped_lock": self.skipped_lock,
+            "paused": self.paused,
             "claimed": self.claimed,
             "batches": self.batches,
             "duration_s": round(self.duration_s, 3),
@@ -126,9 +128,16 @@ def run_scan(
         if not got:
             log.info("scan_skipped", why="another scan holds the lock", trigger=trigger)
             result.skipped_lock = True
+            _record(rt, result, trigger=trigger, started=now, clock=clock)
             return result
         with session_scope(rt.sessions) as s:
+            paused = repo.mx_paused(s, now)
             result.due_at_start = repo.due_count(s, now)
+        if paused is not None:
+            log.error("scan_paused", why=paused, due=result.due_at_start, trigger=trigger)
+            result.paused = paused
+            _record(rt, result, trigger=trigger, started=now, clock=clock)
+            return result
         metrics.MEMBERS_DUE.set(result.due_at_start)
         after: tuple[datetime, int] | None = None
         size = rt.settings.batch_size
@@ -150,6 +159,7 @@ def run_scan(
                         continue
             if not ids:
                 break
+            failpoints.hit("after_claim")
             dispatch(ids, owner)
             result.claimed += len(ids)
             result.batches += 1
@@ -157,19 +167,32 @@ def run_scan(
                 break
     result.duration_s = time.perf_counter() - started
     metrics.SCAN_DURATION.observe(result.duration_s)
+    _record(rt, result, trigger=trigger, started=now, clock=clock)
+    log.info("scan_finished", trigger=trigger, **result.as_dict())
+    return result
+
+
+def _record(
+    rt: Runtime,
+    result: ScanResult,
+    *,
+    trigger: str,
+    started: datetime,
+    clock: Callable[[], datetime],
+) -> None:
+    """Keep a row per scan (also skipped ones) for `reauth status`."""
     with session_scope(rt.sessions) as s:
         s.add(
             ScanRun(
                 trigger=trigger,
-                started_at=now,
+                started_at=started,
                 finished_at=clock(),
                 duration_s=result.duration_s,
                 claimed=result.claimed,
                 batches=result.batches,
+                skipped_lock=result.skipped_lock,
             )
         )
-    log.info("scan_finished", trigger=trigger, **result.as_dict())
-    return result
 
 
 def _claim_for_reason(
@@ -206,10 +229,7 @@ def due_members(
     """Read (without claiming) a keyset page of due members."""
     stmt = select(Member).where(repo._due_clause(now))
     if after is not None:
-        stmt = stmt.where(
-            (Member.next_attempt_at > after[0])
-            | ((Member.next_attempt_at == after[0]) & (Member.id > after[1]))
-        )
+        stmt = stmt.where(repo.after_clause(after))
     return list(s.scalars(stmt.order_by(Member.next_attempt_at, Member.id).limit(limit)))
 
 
@@ -234,7 +254,8 @@ def dry_run(
     cfg = rt.policy
     rows: list[DryRunRow] = []
     after: tuple[datetime, int] | None = None
-    with rt.engine.connect() as conn:
+    # read_only: on SQLite a deferred BEGIN, so a long dry run never holds the write lock.
+    with rt.engine.connect().execution_options(read_only=True) as conn:
         from sqlalchemy.orm import Session
 
         s = Session(bind=conn)

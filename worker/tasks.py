@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from celery import Task
 
+from worker import failpoints
 from worker.celery_app import DISPATCH_TASK, REGENERATE_TASK, SCAN_TASK, app
 from worker.clock import utc_now
 from worker.config import get_settings
@@ -122,6 +123,7 @@ def regenerate(
         runtime(), member_ids, owner, clock=utc_now, force=force, trigger=trigger,
         task_id=self.request.id,
     )  # fmt: skip
+    failpoints.hit("after_commit")
     if result.notifications:
         followups.dispatch()
     return result.as_dict()

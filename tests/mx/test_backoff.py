@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.backoff import MIN_DELAY, backoff_delay
+from worker.backoff import MIN_DELAY, RETRY_AFTER_CAP, backoff_delay
 
 attempts = st.integers(min_value=1, max_value=200)
 seconds = st.integers(min_value=1, max_value=7200).map(lambda s: timedelta(seconds=s))
@@ -20,11 +20,13 @@ retry_afters = st.none() | st.floats(min_value=-10, max_value=10**9, allow_nan=F
 def test_delay_is_bounded(
     attempt: int, base: timedelta, cap: timedelta, retry_after: float | None, seed: int
 ) -> None:
-    """Never below the floor, never above max(cap, floor), whatever Retry-After says."""
+    """Never below the floor; never above max(cap, floor) or the Retry-After cap (a day)."""
     delay = backoff_delay(
         attempt, base=base, cap=cap, retry_after=retry_after, rng=random.Random(seed)
     )
-    assert MIN_DELAY <= delay <= max(cap, MIN_DELAY)
+    assert MIN_DELAY <= delay <= max(cap, MIN_DELAY, RETRY_AFTER_CAP if retry_after else cap)
+    if not retry_after or retry_after <= 0:
+        assert delay <= max(cap, MIN_DELAY)
 
 
 @given(
@@ -37,11 +39,11 @@ def test_delay_is_bounded(
 def test_delay_never_undercuts_retry_after_up_to_the_cap(
     attempt: int, base: timedelta, cap: timedelta, retry_after: float, seed: int
 ) -> None:
-    """MX's Retry-After is honoured, capped so a hostile value cannot park a member forever."""
+    """MX's Retry-After is honoured up to a day, so a hostile value cannot park a member forever."""
     delay = backoff_delay(
         attempt, base=base, cap=cap, retry_after=retry_after, rng=random.Random(seed)
     )
-    assert delay >= min(timedelta(seconds=retry_after), cap)
+    assert delay >= min(timedelta(seconds=retry_after), RETRY_AFTER_CAP)
 
 
 @given(attempt=st.integers(min_value=1, max_value=60), base=seconds, cap=seconds)

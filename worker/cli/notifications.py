@@ -27,14 +27,14 @@ from worker.config import Settings
 from worker.db import make_engine, session_factory, session_scope
 from worker.errors import ConfigError, InputError, StorageError
 from worker.logging import fingerprint_uri
-from worker.notify.relay import DEAD, PENDING, SENT
+from worker.notify.relay import CANCELED, DEAD, PENDING, SENT
 
 notifications_app = typer.Typer(
     help="The notification outbox: list rows, follow the Redis stream, retry dead ones."
 )
 app.add_typer(notifications_app, name="notifications")
 
-STATUSES = (PENDING, SENT, DEAD)
+STATUSES = (PENDING, SENT, DEAD, CANCELED)
 #: Longest single XREAD block, so --timeout and Ctrl-C are honoured promptly.
 MAX_BLOCK_MS = 1000
 
@@ -84,7 +84,7 @@ def _row(n: Notification) -> dict[str, Any]:
 @notifications_app.command("list")
 def list_notifications(
     status: str | None = typer.Option(
-        None, "--status", help="Only rows in this status: pending, sent or dead."
+        None, "--status", help="Only rows in this status: pending, sent, dead or canceled."
     ),
     limit: int = typer.Option(50, "--limit", min=1, max=10_000, help="At most this many rows."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),

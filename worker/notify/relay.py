@@ -31,6 +31,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.notification import Notification
+from worker import failpoints
 from worker.backoff import backoff_delay
 from worker.config import Settings
 from worker.db import session_scope
@@ -44,6 +45,8 @@ Log = Any
 PENDING = "pending"
 SENT = "sent"
 DEAD = "dead"
+#: The member's episode ended (OAuth succeeded, or it is no longer eligible) before delivery.
+CANCELED = "canceled"
 #: Longest ``last_error`` kept on a row.
 MAX_ERROR_LENGTH = 500
 
@@ -355,6 +358,7 @@ def dispatch_pending(
 
     if batch:
         outcomes.update(_deliver(sink, batch, log))
+        failpoints.hit("after_deliver")
     if outcomes:
         _mark(sessions, outcomes, settings=settings, now=now, owner=owner, result=result, log=log)
     log.info("notify.dispatched", **result.as_dict())
