@@ -1,0 +1,216 @@
+"""``uv run python -m bench``: the pipeline, the naive baseline and the raw ceiling in one run.
+
+Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated) and Redis
+(db 13 is flushed). Writes ``bench/results.json``, ``bench/RESULTS.md`` and
+``bench/results.png``. See bench/README.md for what each figure means.
+
+    uv run python -m bench            # full run (~15 min on 2 cores)
+    uv run python -m bench --quick    # smaller sizes, same shape (~3 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import infra, report, runs
+
+HERE = Path(__file__).resolve().parent
+
+#: Conditions a reader needs to weigh the figures (written into RESULTS.md).
+NOTES = [
+    "Everything shares the same cores: the sandbox (one uvicorn process on h11, no httptools or "
+    "uvloop installed), PostgreSQL, Redis, the Celery worker(s) and the raw loop. The raw "
+    "ceiling is therefore the sandbox's own limit on this machine, not MX's.",
+    "Pipeline worker: `celery -A worker.celery_app worker -P prefork -c <processes>` with "
+    "REAUTH_LOG_LEVEL=WARNING (JSON), REAUTH_MX_RATE_LIMIT_PER_SECOND=100000; the scan is "
+    "enqueued as `reauth.scan` (what beat sends); the clock runs from that send to XLEN of "
+    "`reauth:notifications` reaching the number of due members (each one delivered once).",
+    "Naive baseline (bench/naive.py): one task per member, sync httpx, ORM + commit per member, "
+    "XADD after the commit; each process caches Nexus sessions, with one MX user per 100 "
+    "sampled members so session set-up stays a small share of its calls.",
+    "Profiles of a pool process (bench/profile_batch.py, pyinstrument + cProfile) are "
+    "summarised in bench/README.md.",
+]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (< 3 min)")
+    p.add_argument("--members", type=int, help="N members seeded (default 200,000; quick 50,000)")
+    p.add_argument("--due-fraction", type=float, default=0.10, help="share of N due (0.10)")
+    p.add_argument("--latencies", type=float, nargs="+", help="MX latencies in seconds")
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 2,
+                   help="prefork concurrency of both workers (default: cores)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=100, help="REAUTH_BATCH_SIZE (100)")
+    p.add_argument(
+        "--mx-concurrency",
+        type=int,
+        default=100,
+        help="REAUTH_MX_MAX_CONCURRENCY of the main runs (100: a batch in one wave)",
+    )
+    p.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        help="REAUTH_MX_MAX_CONCURRENCY values of the concurrency sweep",
+    )
+    p.add_argument("--naive-sample", type=int, help="members run through the naive baseline")
+    p.add_argument("--users", type=int, default=100, help="distinct MX users (Nexus sessions)")
+    p.add_argument("--rss-due", type=int, help="due members of the large RSS run (100,000)")
+    p.add_argument("--due-total", type=int, help="members of the due-query table (1,000,000)")
+    p.add_argument("--out", type=Path, default=HERE, help="where results.* and RESULTS.md go")
+    p.add_argument("--keep-db", action="store_true", help="do not drop reauth_bench at the end")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.members = args.members or (50_000 if q else 200_000)
+    args.latencies = args.latencies or [0.0, 0.1] if q else args.latencies or [0.0, 0.05, 0.1]
+    args.sweep = args.sweep if args.sweep is not None else ([16] if q else [16, 32, 64, 100])
+    args.naive_sample = args.naive_sample or (200 if q else 1000)
+    args.rss_due = args.rss_due or (15_000 if q else 100_000)
+    args.due_total = args.due_total or (200_000 if q else 1_000_000)
+    return args
+
+
+def environment(db_url: str) -> dict[str, Any]:
+    r = infra.redis_client()
+    try:
+        redis_version = r.info("server")["redis_version"]
+    finally:
+        r.close()
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "postgres": infra.scalar(db_url, "SHOW server_version"),
+        "redis": redis_version,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    started = time.perf_counter()
+    due = int(args.members * args.due_fraction)
+    sweep_latency = 0.1
+    config = {
+        "members": args.members, "due": due, "due_fraction": args.due_fraction,
+        "latencies": args.latencies, "processes": args.processes, "batch_size": args.batch_size,
+        "mx_concurrency": args.mx_concurrency, "sweep": args.sweep,
+        "naive_sample": args.naive_sample, "users": args.users, "rss_due": args.rss_due,
+        "due_total": args.due_total, "sweep_latency": sweep_latency, "quick": args.quick,
+    }  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    logs = Path(tempfile.mkdtemp(prefix="reauth-bench-"))
+    # Long runs must end: every wait on the stream is bounded (and reported as incomplete).
+    timeout = 600.0
+
+    def record(row: dict[str, Any], series: str) -> None:
+        row["series"] = series
+        rows.append(row)
+        brief = {k: v for k, v in row.items() if k not in ("plan", "claim_plan")}
+        print(json.dumps(brief), flush=True)
+
+    print(f"logs in {logs}", flush=True)
+    db_url = infra.fresh_database()
+    infra.flush_redis()
+    env = environment(db_url)
+    # The naive baseline caches Nexus sessions per process; few users keep session set-up
+    # (two extra MX calls per user per process) a small share of its calls, as in the pipeline.
+    naive_users = max(1, args.naive_sample // 100)
+    try:
+        with infra.sandbox_process(0.0, logs / "sandbox.log") as sb:
+            common = {"processes": args.processes, "logs": logs, "timeout": timeout}
+            for lat in args.latencies:
+                p = runs.pipeline(
+                    db_url, sb, total=args.members, due=due, users=args.users, latency=lat,
+                    mx_concurrency=args.mx_concurrency, batch_size=args.batch_size, **common,
+                )  # fmt: skip
+                record(p, "latency")
+                record(
+                    runs.naive(db_url, sb, sample=args.naive_sample, users=naive_users,
+                               latency=lat, **common),
+                    "latency",
+                )  # fmt: skip
+                record(
+                    runs.ceiling(sb, latency=lat, in_flight=p["in_flight"],
+                                 requests=max(2000, min(due, 6000))),
+                    "latency",
+                )  # fmt: skip
+                if lat == sweep_latency:
+                    p = dict(p)
+                    record(p, "rss")
+            sweep_due = max(2000, due // 4)
+            for conc in args.sweep:
+                p = runs.pipeline(
+                    db_url, sb, total=args.members, due=sweep_due, users=args.users,
+                    latency=sweep_latency, mx_concurrency=conc, batch_size=args.batch_size,
+                    **common,
+                )  # fmt: skip
+                record(p, "concurrency")
+                record(
+                    runs.ceiling(sb, latency=sweep_latency, in_flight=p["in_flight"],
+                                 requests=max(1000, min(sweep_due, 4000))),
+                    "concurrency",
+                )  # fmt: skip
+            naive_procs = (
+                [args.processes * 4] if args.quick else [args.processes * 2, args.processes * 4]
+            )
+            for procs in naive_procs:
+                record(
+                    runs.naive(db_url, sb, sample=max(100, args.naive_sample // 3),
+                               users=naive_users, latency=sweep_latency, processes=procs,
+                               logs=logs, timeout=timeout),
+                    "concurrency",
+                )  # fmt: skip
+            if sweep_latency not in args.latencies:
+                raise SystemExit("--latencies must include 0.1 (the RSS and sweep latency)")
+            record(
+                runs.pipeline(
+                    db_url, sb, total=max(args.members, args.rss_due), due=args.rss_due,
+                    users=args.users, latency=sweep_latency,
+                    mx_concurrency=args.mx_concurrency, batch_size=args.batch_size, **common,
+                ),
+                "rss",
+            )  # fmt: skip
+        record(runs.due_query(db_url, total=args.due_total, due=args.due_total // 100), "due")
+    finally:
+        if not args.keep_db:
+            infra.drop_database()
+        infra.flush_redis()
+    results = {
+        "command": "uv run python -m bench" + (" " + shlex.join(argv or sys.argv[1:])).rstrip(),
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": round(time.perf_counter() - started, 1),
+        "config": config,
+        "environment": env,
+        "rows": rows,
+        "notes": NOTES,
+    }
+    results["targets"] = report.targets(results)
+    write(results, args.out)
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.plot(results, out / "results.png")
+    (out / "RESULTS.md").write_text(report.markdown(results))
+    for t in results["targets"]:
+        print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
+    print(f"wrote {out / 'results.json'}, {out / 'RESULTS.md'}, {out / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()
