@@ -57,7 +57,36 @@ class Followups:
         )
 
     def dispatch(self) -> None:
-        app.send_task(DISPATCH_TASK)
+        # Coalesce: while a relay task is queued and not yet started, later batches need not
+        # queue another; it will see their rows. The relay clears the flag when it starts, so a
+        # commit after that queues a fresh one. Without Redis, or if Redis fails, always queue.
+        if _queued_flag(set_it=True):
+            app.send_task(DISPATCH_TASK)
+
+
+#: Redis key meaning "a relay task is queued and has not started yet".
+DISPATCH_QUEUED_KEY = "reauth:dispatch:queued"
+_flag_client: Any = None
+
+
+def _queued_flag(*, set_it: bool) -> bool:
+    """Set (True when we set it, i.e. nobody else had) or clear the relay-queued flag."""
+    global _flag_client  # noqa: PLW0603 - one connection pool per process
+    import redis
+
+    url = runtime().settings.redis_url
+    if url is None:
+        return True
+    try:
+        if _flag_client is None:
+            _flag_client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        if set_it:
+            # Expires so that a lost task message cannot block relays for more than a minute.
+            return bool(_flag_client.set(DISPATCH_QUEUED_KEY, 1, nx=True, ex=60))
+        _flag_client.delete(DISPATCH_QUEUED_KEY)
+    except (redis.RedisError, OSError) as exc:  # Redis trouble: fall back to always queueing
+        log.warning("dispatch_flag_unavailable", error=type(exc).__name__)
+    return True
 
 
 class InlineFollowups(Followups):
@@ -134,4 +163,5 @@ def dispatch_notifications(self: Task[Any, Any]) -> dict[str, Any]:
     """Deliver pending outbox rows (after each batch commit, and on beat as a sweeper)."""
     from worker.delivery import dispatch
 
+    _queued_flag(set_it=False)
     return dispatch(runtime(), clock=utc_now, owner=self.request.id or "dispatch")
