@@ -277,7 +277,7 @@ def _write(
 ) -> None:
     cfg = rt.policy
     with session_scope(rt.sessions) as s:
-        still_ours = {m.id for m in repo.load_claimed(s, [m.id for m, _, _ in todo], owner)}
+        still_ours = repo.still_claimed(s, [m.id for m, _, _ in todo], owner)
         updates: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []
         outbox: list[dict[str, Any]] = []

@@ -153,6 +153,15 @@ def load_claimed(
     return members
 
 
+def still_claimed(session: Session, ids: Sequence[int], owner: str) -> set[int]:
+    """Which of ``ids`` ``owner`` still holds, locked until the transaction ends (ids only:
+    the write phase needs no second load of the rows)."""
+    stmt = select(Member.id).where(Member.id.in_(ids), Member.claim_owner == owner)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return set(session.scalars(stmt))
+
+
 def release_claims(session: Session, ids: Iterable[int], owner: str) -> int:
     """Give claims back without changing anything else (configuration errors, shutdown)."""
     result = session.execute(
