@@ -12,6 +12,8 @@ what is wrong with it, and the CLI exits with code 2.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -19,7 +21,7 @@ from itertools import pairwise
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -254,7 +256,7 @@ class Settings(BaseSettings):
                 self.app_redirect_url
             ):
                 raise ValueError("REAUTH_APP_REDIRECT_URL: must be an absolute URL")
-            if not any(self.app_redirect_url.startswith(p) for p in self.allowed_redirect_prefixes):
+            if not redirect_allowed(self.app_redirect_url, self.allowed_redirect_prefixes):
                 raise ValueError(
                     "REAUTH_APP_REDIRECT_URL: not under any prefix in "
                     "REAUTH_ALLOWED_REDIRECT_PREFIXES (client_redirect_url must be allow-listed)"
@@ -287,6 +289,32 @@ class Settings(BaseSettings):
         return self.database_url.startswith("postgresql")
 
 
+def redirect_allowed(url: str, prefixes: Iterable[str]) -> bool:
+    """True when ``url`` is under one of the allow-listed ``prefixes``, matched at a boundary.
+
+    A plain ``startswith`` let the prefix ``https://app.example.com`` allow
+    ``https://app.example.com.evil.net/cb`` and ``https://app.example.com@evil.net/cb``
+    (found by tests/reliability/test_secrets.py): the match must end the prefix at ``/``, ``?``
+    or ``#``, or the prefix must itself end with one of them, or the URL must equal it.
+    """
+    for prefix in prefixes:
+        if not prefix or not url.startswith(prefix):
+            continue
+        rest = url[len(prefix) :]
+        if not rest or prefix.endswith(_URL_BOUNDARIES) or rest.startswith(_URL_BOUNDARIES):
+            return True
+    return False
+
+
+_URL_BOUNDARIES = ("/", "?", "#")
+
+
+def _format_source_error(exc: SettingsError) -> str:
+    match = re.search(r'field "(\w+)"', str(exc))
+    name = ENV_PREFIX + match.group(1).upper() if match else "a REAUTH_ variable"
+    return f"invalid configuration:\n  {name}: not valid JSON"
+
+
 def _format_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -306,6 +334,11 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
+    except SettingsError as exc:
+        # A JSON-typed variable (e.g. REAUTH_REASON_OVERRIDES=not json) fails in the settings
+        # source, before validation, as SettingsError: it escaped as a traceback with exit 1
+        # (found by tests/reliability/test_bad_input.py).
+        raise ConfigError(_format_source_error(exc)) from None
 
 
 @lru_cache(maxsize=1)

@@ -89,7 +89,7 @@ def test_list_json_has_counts_and_rows_without_uris(
 
     assert code == 0
     data = json.loads(out)
-    assert data["counts"] == {"pending": 1, "sent": 1, "dead": 1}
+    assert data["counts"] == {"pending": 1, "sent": 1, "dead": 1, "canceled": 0}
     by_id = {r["id"]: r for r in data["notifications"]}
     assert set(by_id) == {str(sent), str(dead), str(pending)}
     assert by_id[str(dead)]["last_error"] == "SinkTransientError: webhook answered 500"

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from worker.clock import utc_now
-from worker.config import MxApi, Settings
+from worker.config import MxApi, Settings, redirect_allowed
 from worker.errors import BadResponse, MxError, MxForbidden, MxUnauthorized
 from worker.logging import fingerprint_uri, register_secret
 from worker.mx import params as P
@@ -223,9 +223,7 @@ class MxClient:
 
     def _check_redirect(self, request: OAuthRequest) -> None:
         url = request.client_redirect_url
-        if url is not None and not any(
-            url.startswith(prefix) for prefix in self._settings.allowed_redirect_prefixes
-        ):
+        if url is not None and not redirect_allowed(url, self._settings.allowed_redirect_prefixes):
             raise ValueError(
                 "client_redirect_url is not under any prefix in REAUTH_ALLOWED_REDIRECT_PREFIXES"
             )

@@ -38,7 +38,24 @@ def build_transport(max_concurrency: int) -> httpx.AsyncBaseTransport:
         max_keepalive_connections=max_concurrency + POOL_HEADROOM,
         keepalive_expiry=30.0,
     )
-    return AiohttpTransport(limits=limits)
+    return _NoRetryAiohttpTransport(limits=limits)
+
+
+class _NoRetryAiohttpTransport(AiohttpTransport):
+    """``AiohttpTransport`` whose aiohttp session never re-sends a request by itself.
+
+    aiohttp silently sends an idempotent request a second time when a reused keep-alive
+    connection drops (``ServerDisconnectedError``/``ClientOSError``). That hidden retry takes no
+    rate-limit slot and skips the backoff: tests/reliability/test_mx_chaos.py saw 18 of 21
+    injected connection resets re-sent within 10 ms. Retrying is the pipeline's decision, so
+    the failure surfaces as ``MxConnectionError`` instead. aiohttp has no public switch for
+    this; ``_retry_connection`` is the flag its ``_request`` reads (aiohttp 3.9 to 3.14).
+    """
+
+    def get_client(self) -> aiohttp.ClientSession:
+        session: aiohttp.ClientSession = super().get_client()
+        session._retry_connection = False
+        return session
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
