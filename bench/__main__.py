@@ -53,12 +53,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latencies", type=float, nargs="+", help="MX latencies in seconds")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 2,
                    help="prefork concurrency of both workers (default: cores)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=100, help="REAUTH_BATCH_SIZE (100)")
+    p.add_argument("--batch-size", type=int, default=200, help="REAUTH_BATCH_SIZE (200)")
     p.add_argument(
         "--mx-concurrency",
         type=int,
-        default=100,
-        help="REAUTH_MX_MAX_CONCURRENCY of the main runs (100: a batch in one wave)",
+        default=200,
+        help="REAUTH_MX_MAX_CONCURRENCY of the main runs (200: a batch in one wave)",
     )
     p.add_argument(
         "--sweep",
@@ -76,7 +76,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     q = args.quick
     args.members = args.members or (50_000 if q else 200_000)
     args.latencies = args.latencies or [0.0, 0.1] if q else args.latencies or [0.0, 0.05, 0.1]
-    args.sweep = args.sweep if args.sweep is not None else ([16] if q else [16, 32, 64, 100])
+    args.sweep = args.sweep if args.sweep is not None else ([32] if q else [32, 64, 100, 200])
     args.naive_sample = args.naive_sample or (200 if q else 1000)
     args.rss_due = args.rss_due or (15_000 if q else 100_000)
     args.due_total = args.due_total or (200_000 if q else 1_000_000)

@@ -81,4 +81,8 @@ async def _run(base: str, in_flight: int, requests: int) -> dict[str, float]:
 
 def raw_ceiling(base: str, *, in_flight: int, requests: int) -> dict[str, float]:
     """``requests`` calls with ``in_flight`` at a time on a fresh loop; returns req/s and counts."""
-    return asyncio.run(_run(base, in_flight, requests))
+    # The same event loop as the worker's (uvloop when installed), so the ceiling is fair.
+    from worker.runtime import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(_run(base, in_flight, requests))

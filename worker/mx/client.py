@@ -59,9 +59,6 @@ from worker.mx.types import OAuthRequest, OAuthWindow
 
 log = structlog.get_logger(__name__)
 
-#: Identifies this service in MX's logs.
-USER_AGENT = "reauth/0.1 (+oauth re-authentication worker)"
-
 #: Sent on every request: we read raw bytes under a cap, so compressed bodies are refused.
 _COMMON_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "reauth-worker"}
 
@@ -376,12 +373,12 @@ class MxClient:
             try:
                 async with asyncio.timeout(self._timeout):
                     # A plain Request with the query pre-encoded costs about half of
-                    # client.build_request(params=...), which merges client defaults we do not
-                    # use; the client's timeouts are carried over explicitly.
+                    # client.build_request(params=...); the client's default headers and
+                    # timeouts are carried over explicitly.
                     request = httpx.Request(
                         method,
                         f"{url}?{urlencode(params)}" if params else url,
-                        headers={**headers, "User-Agent": USER_AGENT},
+                        headers={**_COMMON_HEADERS, **headers},
                         extensions={"timeout": state.http.timeout.as_dict()},
                     )
                     response = await state.http.send(request, stream=True)

@@ -65,8 +65,10 @@ def _uvicorn_config(app: Sandbox, host: str, port: int, *, access_log: bool) -> 
         app,
         host=host,
         port=port,
-        loop="asyncio",
-        http="h11",
+        # uvloop and httptools when installed: the sandbox shares the machine with the worker
+        # in tests and benchmarks, so its CPU per request matters.
+        loop="auto",
+        http="auto",
         ws="none",
         lifespan="off",
         access_log=access_log,
