@@ -140,9 +140,10 @@ def seed_members(
                     )
                 )
         conn.commit()
-        # Fresh statistics: the planner must see the table as it is, not as it was empty.
-        conn.execute("ANALYZE members")
-        conn.commit()
+        # Fresh statistics and visibility map: the planner must see the table as it is, not as
+        # it was empty, as autovacuum would have it in production (index-only scans need it).
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE members")
 
 
 def reset_tables(url: str) -> None:

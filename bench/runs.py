@@ -159,20 +159,14 @@ def ceiling(
 
 def _due_select(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Any:
     """The select inside ``repository.claim_due`` (same clause, same order, same keyset)."""
-    from sqlalchemy import and_, or_
+    from sqlalchemy import and_
 
     from models import Member
-    from worker.repository import _due_clause
+    from worker.repository import _due_clause, after_clause
 
     cond = _due_clause(now)
     if after is not None:
-        cond = and_(
-            cond,
-            or_(
-                Member.next_attempt_at > after[0],
-                and_(Member.next_attempt_at == after[0], Member.id > after[1]),
-            ),
-        )
+        cond = and_(cond, after_clause(after))
     return (
         select(Member.id, Member.next_attempt_at)
         .where(cond)

@@ -60,6 +60,9 @@ class Member(TimestampMixin, Base):
             "ix_members_due",
             "next_attempt_at",
             "id",
+            # The claim filter's column rides in the index, so PostgreSQL answers the due query
+            # with an index-only scan in (next_attempt_at, id) order: no heap visit, no sort.
+            postgresql_include=["claim_expires_at"],
             postgresql_where=text("next_attempt_at IS NOT NULL"),
             sqlite_where=text("next_attempt_at IS NOT NULL"),
         ),

@@ -56,3 +56,4 @@ def test_due_index_is_partial_on_postgres(pg_url: str) -> None:
     finally:
         engine.dispose()
     assert "WHERE (next_attempt_at IS NOT NULL)" in indexdef
+    assert "INCLUDE (claim_expires_at)" in indexdef
