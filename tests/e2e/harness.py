@@ -55,10 +55,24 @@ def celery_worker(
     env: dict[str, str], *, concurrency: int = 2, log_path: Path, name: str = "w1"
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker process for the duration of the block (stopped with SIGTERM, then KILL)."""
+    with celery_process(
+        env,
+        [
+            "worker", "-Q", "reauth", "-c", str(concurrency), "-P", "prefork", "-n", f"{name}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ],
+        log_path=log_path,
+    ) as proc:  # fmt: skip
+        yield proc
+
+
+@contextmanager
+def celery_process(
+    env: dict[str, str], argv: list[str], *, log_path: Path, stop_timeout: float = 20
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A worker.celery_app <argv>`` in its own process group, logging to ``log_path``."""
     args = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", "reauth", "-c", str(concurrency), "-P", "prefork", "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING",
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", *argv, "--loglevel", "WARNING",
     ]  # fmt: skip
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
@@ -67,7 +81,7 @@ def celery_worker(
         try:
             yield proc
         finally:
-            stop(proc)
+            stop(proc, timeout=stop_timeout)
 
 
 def stop(proc: subprocess.Popen[bytes], *, timeout: float = 20) -> None:

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from models import Attempt, Member, Notification
-from tests.e2e.harness import ROOT, kill_group, reauth_env, stop, wait_for
+from tests.e2e.harness import celery_process, kill_group, reauth_env, wait_for
 from tests.pipeline_helpers import Kind, check_outcome, outbox_by_guid
 from worker.celery_app import DISPATCH_TASK, QUEUE, SCAN_TASK
 
@@ -279,18 +278,10 @@ def celery_beat(
     env: dict[str, str], *, schedule: Path, log_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A ``celery beat`` process with its own schedule file, for the block's duration."""
-    args = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
-        "-s", str(schedule), "--loglevel", "WARNING",
-    ]  # fmt: skip
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield proc
-        finally:
-            stop(proc, timeout=10)
+    with celery_process(
+        env, ["beat", "-s", str(schedule)], log_path=log_path, stop_timeout=10
+    ) as p:
+        yield p
 
 
 class RedisServer:
