@@ -177,7 +177,10 @@ def check_consistency(engine: Engine, *, max_attempts: int | None = None) -> Non
 
     Holds at every instant (also right after a crash), not only once the run has settled.
     """
-    with engine.connect() as c:
+    # One snapshot for all three reads: the check may run while a worker is still committing
+    # batches, and under READ COMMITTED each statement would see a different moment.
+    opts = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
+    with engine.connect().execution_options(**opts) as c:
         members = {m.id: m for m in c.execute(select(Member)).all()}
         notes = c.execute(select(Notification)).all()
         attempts = c.execute(select(Attempt)).all()

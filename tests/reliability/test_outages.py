@@ -45,7 +45,7 @@ TERMINATE = (
 @pytest.fixture
 def sandbox() -> Iterator[RunningSandbox]:
     # Slow enough answers that the run is still going when the outage hits.
-    with running_sandbox(SandboxConfig(latency=0.05, jitter=0.05)) as sb:
+    with running_sandbox(SandboxConfig(latency=0.2, jitter=0.1)) as sb:
         yield sb
 
 
