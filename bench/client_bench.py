@@ -22,7 +22,6 @@ import asyncio
 import base64
 import json
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -32,18 +31,11 @@ import aiohttp
 import httpx
 import structlog
 
+from bench.infra import API_KEY, CLIENT_ID, free_port
 from worker.config import Settings
 from worker.mx import OAuthRequest, build_mx_client
 
-CLIENT_ID = "sandbox-client"
-API_KEY = "sandbox-key"
 PLATFORM_ACCEPT = "application/vnd.mx.api.v1+json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_sandbox(port: int, latency: float) -> subprocess.Popen[bytes]:

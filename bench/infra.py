@@ -27,6 +27,8 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
+
 ROOT = Path(__file__).resolve().parents[1]
 #: The server the benchmark database is created on (trust auth, user postgres).
 PG_SERVER_URL = os.environ.get(
@@ -35,8 +37,8 @@ PG_SERVER_URL = os.environ.get(
 #: Redis db of the benchmark (tests use 15; this is flushed at the start of every run).
 REDIS_URL = os.environ.get("REAUTH_BENCH_REDIS_URL", "redis://localhost:6379/13")
 DB_NAME = "reauth_bench"
-CLIENT_ID = "sandbox-client"
-API_KEY = "sandbox-key"
+CLIENT_ID = DEFAULT_CLIENT_ID
+API_KEY = DEFAULT_API_KEY
 STREAM = "reauth:notifications"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,15 +10,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.e2e.harness import free_port
 from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -31,7 +25,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_reauth_sandbox_serves_a_fresh_uri_to_curl_like_requests() -> None:
     """`reauth sandbox --port P` serves SSO → session → oauth_window_uri with MX's headers."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "sandbox", "--port", str(port)],
         env=_env(),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -31,7 +30,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from models import Attempt, Member, Notification
-from tests.e2e.harness import celery_process, kill_group, reauth_env, wait_for
+from tests.e2e.harness import celery_process, free_port, kill_group, reauth_env, wait_for
 from tests.pipeline_helpers import Kind, check_outcome, outbox_by_guid
 from worker.celery_app import DISPATCH_TASK, QUEUE, SCAN_TASK
 
@@ -61,12 +60,6 @@ def env_for(sandbox: Any, *, db_url: str, redis_url: str, **extra: str) -> dict[
         mx_sso_base_url=sandbox.sso_base_url,
         **{**FAST, **extra},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- nudges: what beat would send -----------------------------------------------------------
