@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     mx_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     #: Treat a Nexus session as expired this long before MX's 30-minute sliding expiry.
     mx_session_margin: timedelta = timedelta(minutes=5)
+    #: Allow plain-http URLs (MX, the sandbox's OAuth pages, webhook sink, redirects). Off in
+    #: production; the sandbox, the demo and the tests turn it on.
+    allow_insecure_urls: bool = False
 
     # --- policy ------------------------------------------------------------------------------
     abandon_after: timedelta = timedelta(minutes=30)
