@@ -51,8 +51,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", type=int, help="N members seeded (default 200,000; quick 50,000)")
     p.add_argument("--due-fraction", type=float, default=0.10, help="share of N due (0.10)")
     p.add_argument("--latencies", type=float, nargs="+", help="MX latencies in seconds")
-    p.add_argument("--processes", type=int, default=os.cpu_count() or 2,
-                   help="prefork concurrency of both workers (default: cores)")  # fmt: skip
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="prefork concurrency of both workers (default: cores)",
+    )
     p.add_argument("--batch-size", type=int, default=200, help="REAUTH_BATCH_SIZE (200)")
     p.add_argument(
         "--mx-concurrency",
@@ -105,12 +109,21 @@ def main(argv: list[str] | None = None) -> None:
     due = int(args.members * args.due_fraction)
     sweep_latency = 0.1
     config = {
-        "members": args.members, "due": due, "due_fraction": args.due_fraction,
-        "latencies": args.latencies, "processes": args.processes, "batch_size": args.batch_size,
-        "mx_concurrency": args.mx_concurrency, "sweep": args.sweep,
-        "naive_sample": args.naive_sample, "users": args.users, "rss_due": args.rss_due,
-        "due_total": args.due_total, "sweep_latency": sweep_latency, "quick": args.quick,
-    }  # fmt: skip
+        "members": args.members,
+        "due": due,
+        "due_fraction": args.due_fraction,
+        "latencies": args.latencies,
+        "processes": args.processes,
+        "batch_size": args.batch_size,
+        "mx_concurrency": args.mx_concurrency,
+        "sweep": args.sweep,
+        "naive_sample": args.naive_sample,
+        "users": args.users,
+        "rss_due": args.rss_due,
+        "due_total": args.due_total,
+        "sweep_latency": sweep_latency,
+        "quick": args.quick,
+    }
     rows: list[dict[str, Any]] = []
     logs = Path(tempfile.mkdtemp(prefix="reauth-bench-"))
     # Long runs must end: every wait on the stream is bounded (and reported as incomplete).
@@ -134,56 +147,96 @@ def main(argv: list[str] | None = None) -> None:
             common = {"processes": args.processes, "logs": logs, "timeout": timeout}
             for lat in args.latencies:
                 p = runs.pipeline(
-                    db_url, sb, total=args.members, due=due, users=args.users, latency=lat,
-                    mx_concurrency=args.mx_concurrency, batch_size=args.batch_size, **common,
-                )  # fmt: skip
+                    db_url,
+                    sb,
+                    total=args.members,
+                    due=due,
+                    users=args.users,
+                    latency=lat,
+                    mx_concurrency=args.mx_concurrency,
+                    batch_size=args.batch_size,
+                    **common,
+                )
                 record(p, "latency")
                 record(
-                    runs.naive(db_url, sb, sample=args.naive_sample, users=naive_users,
-                               latency=lat, **common),
+                    runs.naive(
+                        db_url,
+                        sb,
+                        sample=args.naive_sample,
+                        users=naive_users,
+                        latency=lat,
+                        **common,
+                    ),
                     "latency",
-                )  # fmt: skip
+                )
                 record(
-                    runs.ceiling(sb, latency=lat, in_flight=p["in_flight"],
-                                 requests=max(2000, min(due, 6000))),
+                    runs.ceiling(
+                        sb,
+                        latency=lat,
+                        in_flight=p["in_flight"],
+                        requests=max(2000, min(due, 6000)),
+                    ),
                     "latency",
-                )  # fmt: skip
+                )
                 if lat == sweep_latency:
                     p = dict(p)
                     record(p, "rss")
             sweep_due = max(2000, due // 4)
             for conc in args.sweep:
                 p = runs.pipeline(
-                    db_url, sb, total=args.members, due=sweep_due, users=args.users,
-                    latency=sweep_latency, mx_concurrency=conc, batch_size=args.batch_size,
+                    db_url,
+                    sb,
+                    total=args.members,
+                    due=sweep_due,
+                    users=args.users,
+                    latency=sweep_latency,
+                    mx_concurrency=conc,
+                    batch_size=args.batch_size,
                     **common,
-                )  # fmt: skip
+                )
                 record(p, "concurrency")
                 record(
-                    runs.ceiling(sb, latency=sweep_latency, in_flight=p["in_flight"],
-                                 requests=max(1000, min(sweep_due, 4000))),
+                    runs.ceiling(
+                        sb,
+                        latency=sweep_latency,
+                        in_flight=p["in_flight"],
+                        requests=max(1000, min(sweep_due, 4000)),
+                    ),
                     "concurrency",
-                )  # fmt: skip
+                )
             naive_procs = (
                 [args.processes * 4] if args.quick else [args.processes * 2, args.processes * 4]
             )
             for procs in naive_procs:
                 record(
-                    runs.naive(db_url, sb, sample=max(100, args.naive_sample // 3),
-                               users=naive_users, latency=sweep_latency, processes=procs,
-                               logs=logs, timeout=timeout),
+                    runs.naive(
+                        db_url,
+                        sb,
+                        sample=max(100, args.naive_sample // 3),
+                        users=naive_users,
+                        latency=sweep_latency,
+                        processes=procs,
+                        logs=logs,
+                        timeout=timeout,
+                    ),
                     "concurrency",
-                )  # fmt: skip
+                )
             if sweep_latency not in args.latencies:
                 raise SystemExit("--latencies must include 0.1 (the RSS and sweep latency)")
             record(
                 runs.pipeline(
-                    db_url, sb, total=max(args.members, args.rss_due), due=args.rss_due,
-                    users=args.users, latency=sweep_latency,
-                    mx_concurrency=args.mx_concurrency, batch_size=args.batch_size, **common,
+                    db_url,
+                    sb,
+                    total=max(args.members, args.rss_due),
+                    due=args.rss_due,
+                    users=args.users,
+                    latency=sweep_latency,
+                    mx_concurrency=args.mx_concurrency,
+                    batch_size=args.batch_size,
+                    **common,
                 ),
                 "rss",
-            )  # fmt: skip
+            )
         record(runs.due_query(db_url, total=args.due_total, due=args.due_total // 100), "due")
     finally:
         if not args.keep_db:

@@ -137,7 +137,7 @@ def run_all(base: str, concurrency: int, requests: int) -> list[tuple[str, float
         ("MxClient (httpx default transport)", lambda: bench_mx(base, concurrency, requests, True)),
         ("httpx.AsyncClient (default)", lambda: bench_httpx(base, concurrency, requests)),
         ("aiohttp raw", lambda: bench_aiohttp(base, concurrency, requests)),
-    ]  # fmt: skip
+    ]
 
     async def timed(run: Callable[[], Awaitable[float]]) -> float:
         return await run()
@@ -164,9 +164,13 @@ def main() -> None:
             requests = args.requests or max(1000, concurrency * 10)
             for name, rate in run_all(base, concurrency, requests):
                 rows.append(
-                    {"client": name, "in_flight": concurrency, "requests": requests,
-                     "req_per_s": round(rate, 1)}
-                )  # fmt: skip
+                    {
+                        "client": name,
+                        "in_flight": concurrency,
+                        "requests": requests,
+                        "req_per_s": round(rate, 1),
+                    }
+                )
                 if not args.json:
                     print(f"{name:36} in flight {concurrency:4} {requests:6} req {rate:8.1f} req/s")
     finally:

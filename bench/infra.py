@@ -62,7 +62,7 @@ def fresh_database(name: str = DB_NAME, *, migrate: bool = True) -> str:
         admin.dispose()
     url = make_url(PG_SERVER_URL).set(database=name).render_as_string(hide_password=False)
     if migrate:
-        from worker.migrate import upgrade
+        from worker.store.migrate import upgrade
 
         upgrade(url)
     return url
@@ -85,10 +85,22 @@ def psycopg_dsn(url: str) -> str:
 
 #: Columns written by :func:`seed_members`, in COPY order.
 MEMBER_COLUMNS = (
-    "member_guid", "user_guid", "institution_code", "is_oauth", "connection_status",
-    "successfully_aggregated_at", "is_being_aggregated", "channel", "reauth_state", "episode",
-    "reminders_sent", "attempts", "next_attempt_at", "created_at", "updated_at",
-)  # fmt: skip
+    "member_guid",
+    "user_guid",
+    "institution_code",
+    "is_oauth",
+    "connection_status",
+    "successfully_aggregated_at",
+    "is_being_aggregated",
+    "channel",
+    "reauth_state",
+    "episode",
+    "reminders_sent",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+)
 
 
 def seed_members(
@@ -233,8 +245,16 @@ def sandbox_process(latency: float, log: Path) -> Iterator[Sandbox]:
     """``reauth sandbox`` in its own process, so it does not share the client's CPU time."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    args = [sys.executable, "-m", "worker", "sandbox", "--port", str(port),
-            "--latency", str(latency)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "worker",
+        "sandbox",
+        "--port",
+        str(port),
+        "--latency",
+        str(latency),
+    ]
     proc = _popen(args, env, log)
     try:
         deadline = time.monotonic() + 20
@@ -293,10 +313,26 @@ def celery_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A prefork Celery worker (``celery -A app worker``) for the duration of the block."""
     args = [
-        sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
-        "-c", str(concurrency), "-P", "prefork", "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-Q",
+        queue,
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        "WARNING",
+    ]
     proc = _popen(args, env, log)
     try:
         yield proc

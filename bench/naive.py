@@ -6,7 +6,7 @@ notification straight to a Redis Stream. One member, one HTTP round trip, one tr
 message — and a prefork worker with one process per core, so at most ``cores`` calls are in
 flight.
 
-It is not a straw man: it uses the same pure policy (``worker.policy``), the same message
+It is not a straw man: it uses the same pure policy (``worker.core.policy``), the same message
 contract and the same Nexus calls, caches each user's Nexus session per process (a first version
 would), and is just as correct for the happy path. It lacks what the pipeline adds: concurrency
 per process, batched writes and leases. Run it with::
@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Attempt, Member, Notification
 from worker.clock import utc_now
 from worker.config import get_settings
+from worker.core.contract import build_message, idempotency_key
+from worker.core.policy import Generate, Outcome, PolicyConfig, after_outcome, decide
 from worker.mx import params as P
-from worker.notify.contract import build_message, idempotency_key
-from worker.policy import Generate, Outcome, PolicyConfig, after_outcome, decide
-from worker.repository import fields_to_columns, snapshot
+from worker.store.members import fields_to_columns, snapshot
 
 QUEUE = "naive"
 TASK = "naive.regenerate_member"
@@ -108,8 +108,10 @@ def regenerate_member(member_id: int) -> str:
         g = decide(snap, now, cfg)
         if not isinstance(g, Generate):
             return "no_call"
-        query = {P.Q_REFERRAL_SOURCE: g.params.referral_source,
-                 P.Q_SKIP_AGGREGATION: "true" if g.skip_aggregation else "false"}  # fmt: skip
+        query = {
+            P.Q_REFERRAL_SOURCE: g.params.referral_source,
+            P.Q_SKIP_AGGREGATION: "true" if g.skip_aggregation else "false",
+        }
         started = utc_now()
         r = http.get(
             s.mx_base_url + P.nexus_oauth_path(m.member_guid),
@@ -129,27 +131,49 @@ def regenerate_member(member_id: int) -> str:
         m.uri_generated_at = now
         db.add(
             Attempt(
-                member_id=m.id, episode=g.episode, reminder=g.reminder, trigger="scan",
-                reason=g.reason.value, mx_api="nexus", referral_source=g.params.referral_source,
-                skip_aggregation=g.skip_aggregation, skip_aggregation_why=g.skip_why.value,
-                redirect_used=False, outcome="success", http_status=r.status_code,
-                latency_ms=latency_ms, created_at=now,
+                member_id=m.id,
+                episode=g.episode,
+                reminder=g.reminder,
+                trigger="scan",
+                reason=g.reason.value,
+                mx_api="nexus",
+                referral_source=g.params.referral_source,
+                skip_aggregation=g.skip_aggregation,
+                skip_aggregation_why=g.skip_why.value,
+                redirect_used=False,
+                outcome="success",
+                http_status=r.status_code,
+                latency_ms=latency_ms,
+                created_at=now,
             )
-        )  # fmt: skip
+        )
         nid = uuid.uuid4()
         payload = build_message(
-            notification_id=nid, user_guid=m.user_guid, member_guid=m.member_guid,
-            institution_code=m.institution_code, reason=g.reason.value, oauth_window_uri=uri,
-            generated_at=now, episode=g.episode, reminder=g.reminder,
-            skip_aggregation=g.skip_aggregation, channel=g.params.referral_source,
-        )  # fmt: skip
+            notification_id=nid,
+            user_guid=m.user_guid,
+            member_guid=m.member_guid,
+            institution_code=m.institution_code,
+            reason=g.reason.value,
+            oauth_window_uri=uri,
+            generated_at=now,
+            episode=g.episode,
+            reminder=g.reminder,
+            skip_aggregation=g.skip_aggregation,
+            channel=g.params.referral_source,
+        )
         db.add(
             Notification(
-                id=nid, idempotency_key=idempotency_key(m.member_guid, g.episode, g.reminder),
-                member_id=m.id, payload=payload, status="sent", attempts=1, sent_at=now,
-                created_at=now, updated_at=now,
+                id=nid,
+                idempotency_key=idempotency_key(m.member_guid, g.episode, g.reminder),
+                member_id=m.id,
+                payload=payload,
+                status="sent",
+                attempts=1,
+                sent_at=now,
+                created_at=now,
+                updated_at=now,
             )
-        )  # fmt: skip
+        )
         db.commit()
     red.xadd(STREAM, {"payload": json.dumps(payload)})
     return "success"

@@ -3,7 +3,7 @@
     uv run python -m bench.profile_batch --latency 0.1 --batches 20
 
 Seeds the benchmark database, starts the sandbox in its own process, claims ``batches`` pages
-like the scan does, then runs the real ``worker.pipeline.regenerate_batch`` on each under
+like the scan does, then runs the real ``worker.service.regenerate.regenerate_batch`` on each under
 pyinstrument with the worker's settings. Writes ``bench/profiles/regenerate-<latency>.html``
 and prints a text summary plus per-phase wall times.
 """
@@ -41,16 +41,19 @@ def main() -> None:
     infra.seed_members(url, total=due * 10, due=due, now=utc_now(), users=args.users)
     with infra.sandbox_process(args.latency, logs / "profile-sandbox.log") as sb:
         env = infra.reauth_env(
-            url, sb, REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
+            url,
+            sb,
+            REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
             REAUTH_BATCH_SIZE=str(args.batch_size),
-        )  # fmt: skip
+        )
         os.environ.update({k: v for k, v in env.items() if k.startswith("REAUTH_")})
-        from worker import repository as repo
-        from worker.cli.common import setup
+        from worker.cli.output import setup
         from worker.config import get_settings
-        from worker.db import session_scope
-        from worker.pipeline import regenerate_batch
         from worker.runtime import Runtime
+        from worker.service.regenerate import regenerate_batch
+        from worker.store import leases
+        from worker.store import members as repo
+        from worker.store.db import session_scope
 
         get_settings.cache_clear()
         setup()  # the worker's logging (JSON, WARNING), as in a pool process
@@ -59,12 +62,16 @@ def main() -> None:
         after = None
         now = utc_now()
         for _ in range(args.batches):
-            owner = repo.new_owner()
+            owner = leases.new_owner()
             with session_scope(rt.sessions) as s:
                 page = repo.claim_due(
-                    s, now=now, owner=owner, lease=rt.settings.claim_lease,
-                    limit=args.batch_size, after=after,
-                )  # fmt: skip
+                    s,
+                    now=now,
+                    owner=owner,
+                    lease=rt.settings.claim_lease,
+                    limit=args.batch_size,
+                    after=after,
+                )
             pages.append((page.ids, owner))
             after = page.last
         # One warm-up batch: connection pools, sessions, imports.

@@ -99,8 +99,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 due["one_query_ms"] < TARGET_DUE_QUERY_MS and due["uses_index"],
             )
         )
-    rss = sorted((r for r in rows if r["kind"] == "pipeline" and r.get("series") == "rss"),
-                 key=lambda r: r["members"])  # fmt: skip
+    rss = sorted(
+        (r for r in rows if r["kind"] == "pipeline" and r.get("series") == "rss"),
+        key=lambda r: r["members"],
+    )
     if len(rss) >= 2:
         lo, hi = rss[0], rss[-1]
         peak = max(r["peak_rss_mb"] for r in rss)
@@ -121,7 +123,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 abs(growth) <= TARGET_RSS_GROWTH,
             )
         )
-    return out  # fmt: skip
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -156,9 +158,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        _table(["target", "measured", "goal", "met"],
-               [[t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"]
-                for t in targets(results)]),
+        _table(
+            ["target", "measured", "goal", "met"],
+            [
+                [t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"]
+                for t in targets(results)
+            ],
+        ),
         "",
         "## The three side by side (same run, same sandbox)",
         "",
@@ -170,23 +176,43 @@ def markdown(results: dict[str, Any]) -> str:
         f"task each, prefork concurrency {cfg['processes']}. Raw: aiohttp, "
         "same in-flight count as the pipeline, Nexus oauth_window_uri with a valid session.",
         "",
-        _table(["MX latency", "pipeline members/s", "naive members/s", "raw req/s",
-                "pipeline / naive", "pipeline / raw"],
-               [[f"{r['latency_s'] * 1000:.0f} ms", r["pipeline"], r["naive"], r["raw"],
-                 r["vs_naive"], r["vs_raw"]] for r in ratios(rows)]),
+        _table(
+            [
+                "MX latency",
+                "pipeline members/s",
+                "naive members/s",
+                "raw req/s",
+                "pipeline / naive",
+                "pipeline / raw",
+            ],
+            [
+                [
+                    f"{r['latency_s'] * 1000:.0f} ms",
+                    r["pipeline"],
+                    r["naive"],
+                    r["raw"],
+                    r["vs_naive"],
+                    r["vs_raw"],
+                ]
+                for r in ratios(rows)
+            ],
+        ),
         "",
-    ]  # fmt: skip
+    ]
     conc = [r for r in rows if r.get("series") == "concurrency"]
     if conc:
         parts += [
-            "## Against concurrency (in flight), MX latency "
-            f"{cfg['sweep_latency'] * 1000:.0f} ms",
+            f"## Against concurrency (in flight), MX latency {cfg['sweep_latency'] * 1000:.0f} ms",
             "",
-            _table(["series", "settings", "in flight", "members/s (req/s for raw)", "seconds"],
-                   [[r["kind"], _settings(r), r["in_flight"], r["per_s"], r["seconds"]]
-                    for r in sorted(conc, key=lambda r: (r["kind"], r["in_flight"]))]),
+            _table(
+                ["series", "settings", "in flight", "members/s (req/s for raw)", "seconds"],
+                [
+                    [r["kind"], _settings(r), r["in_flight"], r["per_s"], r["seconds"]]
+                    for r in sorted(conc, key=lambda r: (r["kind"], r["in_flight"]))
+                ],
+            ),
             "",
-        ]  # fmt: skip
+        ]
     due = next((r for r in rows if r["kind"] == "due_query"), None)
     if due:
         parts += [
@@ -229,11 +255,21 @@ def markdown(results: dict[str, Any]) -> str:
             "process and its prefork children, sampled every 100 ms with psutil). RSS counts "
             "pages shared by the fork once per process; PSS shares them out.",
             "",
-            _table(["due members", "MX latency", "members/s", "peak RSS (MB)", "peak PSS (MB)"],
-                   [[r["members"], f"{r['latency_s'] * 1000:.0f} ms", r["per_s"],
-                     r["peak_rss_mb"], r.get("peak_pss_mb")] for r in rss]),
+            _table(
+                ["due members", "MX latency", "members/s", "peak RSS (MB)", "peak PSS (MB)"],
+                [
+                    [
+                        r["members"],
+                        f"{r['latency_s'] * 1000:.0f} ms",
+                        r["per_s"],
+                        r["peak_rss_mb"],
+                        r.get("peak_pss_mb"),
+                    ]
+                    for r in rss
+                ],
+            ),
             "",
-        ]  # fmt: skip
+        ]
     notes = results.get("notes") or []
     if notes:
         parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -258,20 +294,39 @@ def plot(results: dict[str, Any], path: Path) -> None:
     rows = results["rows"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     styles = {"pipeline": ("tab:blue", "o"), "naive": ("tab:red", "s"), "raw": ("tab:gray", "^")}
-    labels = {"pipeline": "pipeline (end to end)", "naive": "naive baseline",
-              "raw": "raw aiohttp ceiling (req/s)"}  # fmt: skip
+    labels = {
+        "pipeline": "pipeline (end to end)",
+        "naive": "naive baseline",
+        "raw": "raw aiohttp ceiling (req/s)",
+    }
     for kind, (color, marker) in styles.items():
         pts = sorted(_main_rows(rows, kind).values(), key=lambda r: r["latency_s"])
         if pts:
-            left.plot([r["latency_s"] * 1000 for r in pts], [r["per_s"] for r in pts],
-                      marker=marker, color=color, label=labels[kind])  # fmt: skip
-        pts = sorted((r for r in rows if r["kind"] == kind and r.get("series") == "concurrency"),
-                     key=lambda r: r["in_flight"])  # fmt: skip
+            left.plot(
+                [r["latency_s"] * 1000 for r in pts],
+                [r["per_s"] for r in pts],
+                marker=marker,
+                color=color,
+                label=labels[kind],
+            )
+        pts = sorted(
+            (r for r in rows if r["kind"] == kind and r.get("series") == "concurrency"),
+            key=lambda r: r["in_flight"],
+        )
         if pts:
-            right.plot([r["in_flight"] for r in pts], [r["per_s"] for r in pts],
-                       marker=marker, color=color, label=labels[kind])  # fmt: skip
-    left.set(xlabel="MX latency (ms)", ylabel="members/s", yscale="log",
-             title="Throughput against MX latency")  # fmt: skip
+            right.plot(
+                [r["in_flight"] for r in pts],
+                [r["per_s"] for r in pts],
+                marker=marker,
+                color=color,
+                label=labels[kind],
+            )
+    left.set(
+        xlabel="MX latency (ms)",
+        ylabel="members/s",
+        yscale="log",
+        title="Throughput against MX latency",
+    )
     right.set(
         xlabel="requests in flight",
         ylabel="members/s",

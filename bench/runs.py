@@ -63,9 +63,13 @@ def pipeline(
     sender = _sender()
     label = f"pipeline-{latency}-{mx_concurrency}-{due}"
     with infra.celery_worker(
-        env, app="worker.celery_app", queue="reauth", concurrency=processes,
-        log=logs / f"{label}.log", name=label,
-    ) as proc:  # fmt: skip
+        env,
+        app="worker.celery_app",
+        queue="reauth",
+        concurrency=processes,
+        log=logs / f"{label}.log",
+        name=label,
+    ) as proc:
         infra.wait_pool_ready(proc, processes)
         _warm_up(sender, "reauth.dispatch_notifications", "reauth", processes * 2)
         with infra.PeakRss(proc.pid) as rss:
@@ -111,9 +115,14 @@ def naive(
     infra.reset_tables(db_url)
     infra.flush_redis()
     infra.seed_members(
-        db_url, total=sample, due=sample, now=utc_now(), users=users, prefix="NAIVE",
+        db_url,
+        total=sample,
+        due=sample,
+        now=utc_now(),
+        users=users,
+        prefix="NAIVE",
         due_due=False,
-    )  # fmt: skip
+    )
     engine = create_engine(db_url)
     with engine.connect() as conn:
         ids = [r[0] for r in conn.execute(text("SELECT id FROM members ORDER BY id"))]
@@ -124,9 +133,13 @@ def naive(
     label = f"naive-{latency}"
     naive_app.app.conf.broker_url = infra.REDIS_URL
     with infra.celery_worker(
-        env, app="bench.naive", queue=naive_app.QUEUE, concurrency=processes,
-        log=logs / f"{label}.log", name=label,
-    ) as proc:  # fmt: skip
+        env,
+        app="bench.naive",
+        queue=naive_app.QUEUE,
+        concurrency=processes,
+        log=logs / f"{label}.log",
+        name=label,
+    ) as proc:
         infra.wait_pool_ready(proc, processes)
         started = time.perf_counter()
         naive_app.enqueue(ids)
@@ -158,13 +171,13 @@ def ceiling(
 
 
 def _due_select(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Any:
-    """The select inside ``repository.claim_due`` (same clause, same order, same keyset)."""
+    """The select inside ``members.claim_due`` (same clause, same order, same keyset)."""
     from sqlalchemy import and_
 
     from models import Member
-    from worker.repository import _due_clause, after_clause
+    from worker.store.members import after_clause, due_clause
 
-    cond = _due_clause(now)
+    cond = due_clause(now)
     if after is not None:
         cond = and_(cond, after_clause(after))
     return (
@@ -186,13 +199,14 @@ def due_query(db_url: str, *, total: int, due: int, repeats: int = 5) -> dict[st
 
     * ``one_query_ms``: the select with ``LIMIT due`` (all due ids in one statement);
     * ``keyset_100_ms``: the same walk the scan does, pages of 100 by (next_attempt_at, id);
-    * ``claim_pages_ms``: the scan's real claim statement (``repository.claim_due``: UPDATE …
+    * ``claim_pages_ms``: the scan's real claim statement (``members.claim_due``: UPDATE …
       WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING), pages of 100, one transaction
       each, as ``run_scan`` does (run once, since it claims the rows).
     """
     from sqlalchemy.orm import Session
 
-    from worker import repository as repo
+    from worker.store import leases
+    from worker.store import members as repo
 
     infra.reset_tables(db_url)
     now = utc_now()
@@ -241,7 +255,7 @@ def due_query(db_url: str, *, total: int, due: int, repeats: int = 5) -> dict[st
     while True:
         with Session(engine) as s, s.begin():
             page = repo.claim_due(
-                s, now=now, owner=repo.new_owner(), lease=lease, limit=100, after=after
+                s, now=now, owner=leases.new_owner(), lease=lease, limit=100, after=after
             )
         if not page.ids:
             break
@@ -253,10 +267,13 @@ def due_query(db_url: str, *, total: int, due: int, repeats: int = 5) -> dict[st
     engine.dispose()
     uses_index = "ix_members_due" in plan and "Seq Scan" not in plan
     server_ms = next(
-        (float(line.split(":")[1].split()[0]) for line in plan.splitlines()
-         if line.strip().startswith("Execution Time")),
+        (
+            float(line.split(":")[1].split()[0])
+            for line in plan.splitlines()
+            if line.strip().startswith("Execution Time")
+        ),
         None,
-    )  # fmt: skip
+    )
     return {
         "kind": "due_query",
         "total_members": total,

@@ -1,10 +1,10 @@
 """SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
 
 from models.attempt import Attempt
+from models.audit import Lock, OpsAction, ScanRun
 from models.base import Base, UTCDateTime
 from models.member import Member
 from models.notification import Notification
-from models.ops import Lock, OpsAction, ScanRun
 
 __all__ = [
     "Attempt",

@@ -24,7 +24,10 @@ class Notification(TimestampMixin, Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    #: pending | sent | dead | canceled
+    #: What the link was generated with (referral_source, skip_aggregation and why, redirect,
+    #: url scheme), so a stale link is regenerated exactly as it was without re-deciding.
+    link_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: pending | sent | dead | canceled (:class:`worker.core.states.NotificationStatus`)
     status: Mapped[str] = mapped_column(String(8), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]

@@ -23,12 +23,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 import models
-from worker import migrate
 from worker.config import get_settings
-from worker.db import make_engine, session_factory
 from worker.runtime import Runtime
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.server import RunningSandbox, running_sandbox
+from worker.store import migrate
+from worker.store.db import make_engine, session_factory
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_DATABASE_URL = os.environ.get(
@@ -173,14 +173,7 @@ def sandbox() -> Iterator[RunningSandbox]:
 def runtime(db_url: str, sandbox: RunningSandbox) -> Iterator[Runtime]:
     """A process runtime on ``db_url`` against the sandbox, with inline task follow-ups."""
     from tests.pipeline_helpers import make_settings
-    from worker import tasks
-    from worker.delivery import close_sinks
 
-    rt = Runtime(make_settings(db_url, sandbox))
-    tasks.set_runtime(rt)
-    tasks.set_followups(tasks.InlineFollowups())
+    rt = Runtime(make_settings(db_url, sandbox), inline=True)
     yield rt
-    tasks.set_runtime(None)
-    tasks.set_followups(tasks.Followups())
-    close_sinks()
     rt.close()

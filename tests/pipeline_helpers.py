@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 
 from models import Member, Notification
+from worker.clock import utc_now
+from worker.runtime import Runtime
 
 REDIRECT = "https://app.example.com/oauth/complete"
 SCHEME = "exampleapp"
@@ -33,32 +35,92 @@ class Kind:
 def kinds(now: datetime) -> list[Kind]:
     stale = now - 72 * H
     return [
-        Kind("expired", {"connection_status": "EXPIRED", "successfully_aggregated_at": stale},
-             True, "expired", False, "stale_data"),
+        Kind(
+            "expired",
+            {"connection_status": "EXPIRED", "successfully_aggregated_at": stale},
+            True,
+            "expired",
+            False,
+            "stale_data",
+        ),
         Kind("denied", {"connection_status": "DENIED"}, True, "revoked", False, "stale_data"),
-        Kind("prevented-aggregating", {"connection_status": "PREVENTED",
-             "is_being_aggregated": True}, True, "revoked", True, "aggregation_in_progress"),
-        Kind("impaired-recent", {"connection_status": "IMPAIRED",
-             "successfully_aggregated_at": now - 2 * H}, True, "revoked", True,
-             "recently_aggregated"),
-        Kind("imported-app", {"connection_status": "IMPORTED", "channel": "APP"}, True,
-             "revoked", False, "stale_data", "APP"),
-        Kind("abandoned-pending", {"connection_status": "CREATED", "oauth_status": "PENDING",
-             "oauth_started_at": now - 2 * H}, True, "abandoned", False, "stale_data"),
-        Kind("abandoned-cancelled-app", {"connection_status": "PENDING",
-             "oauth_status": "ERRORED", "oauth_error_reason": "CANCELLED",
-             "oauth_started_at": now - 2 * H, "channel": "APP"}, True, "abandoned", False,
-             "stale_data", "APP"),
-        Kind("young-start", {"connection_status": "CREATED", "oauth_status": "PENDING",
-             "oauth_started_at": now - timedelta(minutes=5)}, False),
+        Kind(
+            "prevented-aggregating",
+            {"connection_status": "PREVENTED", "is_being_aggregated": True},
+            True,
+            "revoked",
+            True,
+            "aggregation_in_progress",
+        ),
+        Kind(
+            "impaired-recent",
+            {"connection_status": "IMPAIRED", "successfully_aggregated_at": now - 2 * H},
+            True,
+            "revoked",
+            True,
+            "recently_aggregated",
+        ),
+        Kind(
+            "imported-app",
+            {"connection_status": "IMPORTED", "channel": "APP"},
+            True,
+            "revoked",
+            False,
+            "stale_data",
+            "APP",
+        ),
+        Kind(
+            "abandoned-pending",
+            {
+                "connection_status": "CREATED",
+                "oauth_status": "PENDING",
+                "oauth_started_at": now - 2 * H,
+            },
+            True,
+            "abandoned",
+            False,
+            "stale_data",
+        ),
+        Kind(
+            "abandoned-cancelled-app",
+            {
+                "connection_status": "PENDING",
+                "oauth_status": "ERRORED",
+                "oauth_error_reason": "CANCELLED",
+                "oauth_started_at": now - 2 * H,
+                "channel": "APP",
+            },
+            True,
+            "abandoned",
+            False,
+            "stale_data",
+            "APP",
+        ),
+        Kind(
+            "young-start",
+            {
+                "connection_status": "CREATED",
+                "oauth_status": "PENDING",
+                "oauth_started_at": now - timedelta(minutes=5),
+            },
+            False,
+        ),
         Kind("connected", {"connection_status": "CONNECTED"}, False),
         Kind("challenged", {"connection_status": "CHALLENGED"}, False),
         Kind("not-oauth", {"connection_status": "EXPIRED", "is_oauth": False}, False),
-        Kind("errored-denied", {"connection_status": "PENDING", "oauth_status": "ERRORED",
-             "oauth_error_reason": "DENIED", "oauth_started_at": now - 2 * H}, False),
+        Kind(
+            "errored-denied",
+            {
+                "connection_status": "PENDING",
+                "oauth_status": "ERRORED",
+                "oauth_error_reason": "DENIED",
+                "oauth_started_at": now - 2 * H,
+            },
+            False,
+        ),
         Kind("mx-not-oauth", {"connection_status": "DENIED"}, False, marker="NOOAUTH"),
         Kind("mx-gone", {"connection_status": "EXPIRED"}, False, marker="GONE"),
-    ]  # fmt: skip
+    ]
 
 
 def populate(engine: Engine, n: int, now: datetime) -> dict[str, Kind]:
@@ -168,3 +230,12 @@ def make_settings(db_url: str, sb: Any, **extra: Any) -> Any:
         batch_size=25,
         **extra,
     )
+
+
+def scan_now(rt: Runtime, *, reason: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """One scan through the job body (the runtime's follow-ups decide inline or Celery)."""
+    from worker.app import jobs
+    from worker.core.policy import Reason
+
+    result = jobs.scan(rt, clock=utc_now, reason=Reason(reason) if reason else None, **kwargs)
+    return result.as_dict()

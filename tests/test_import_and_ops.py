@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from models import Attempt, Member, Notification, OpsAction
 from tests.pipeline_helpers import REDIRECT, SCHEME
 from worker.cli import main
-from worker.db import make_engine
-from worker.importer import MAX_LINE_BYTES, parse
 from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
 from worker.sandbox.server import RunningSandbox
+from worker.service.importer import MAX_LINE_BYTES, parse
+from worker.store.db import make_engine
 
 GOOD = {
     "member_guid": "MBR-a",
@@ -42,8 +42,9 @@ def test_parser_reports_every_bad_row_with_its_line() -> None:
             b"{not json",
             json.dumps({**GOOD, "member_guid": "MBR-b", "is_oauth": "maybe"}).encode(),
             json.dumps({**GOOD, "member_guid": "MBR-c", "connection_status": "ASLEEP"}).encode(),
-            json.dumps({**GOOD, "member_guid": "MBR-d", "oauth_started_at": "2026-01-01T00:00:00"})
-            .encode(),
+            json.dumps(
+                {**GOOD, "member_guid": "MBR-d", "oauth_started_at": "2026-01-01T00:00:00"}
+            ).encode(),
             json.dumps({**GOOD, "member_guid": "MBR-e", "colour": "blue"}).encode(),
             json.dumps(GOOD).encode(),
             b"[1, 2]",
@@ -52,7 +53,7 @@ def test_parser_reports_every_bad_row_with_its_line() -> None:
             json.dumps({**GOOD, "member_guid": "MBR-f", "channel": "app"}).encode(),
             json.dumps({**GOOD, "member_guid": "MBR-g", "user_id": "u" * 129}).encode(),
         ]
-    )  # fmt: skip
+    )
     parsed = parse(data, "jsonl")
     assert [line for line, _ in parsed.rows] == [1, 11]
     errors = {e.line: e.message for e in parsed.errors}
@@ -106,13 +107,7 @@ def env(db_url: str, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -
     from worker.config import get_settings
 
     get_settings.cache_clear()
-    yield db_url
-    from worker import tasks
-    from worker.delivery import close_sinks
-
-    tasks.set_runtime(None)
-    tasks.set_followups(tasks.Followups())
-    close_sinks()
+    return db_url
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
@@ -190,9 +185,17 @@ def test_oauth_success_stops_reminders_and_rerun_is_audited(
     assert _count(env, Notification) == 2
 
     code, out = cli(
-        capsys, "rerun", "MBR-b", "--force", "--why", "user asked on support", "--actor",
-        "alice", "--inline", "--json",
-    )  # fmt: skip
+        capsys,
+        "rerun",
+        "MBR-b",
+        "--force",
+        "--why",
+        "user asked on support",
+        "--actor",
+        "alice",
+        "--inline",
+        "--json",
+    )
     assert (code, out["claimed"]) == (0, 1)
     assert _count(env, Notification) == 2 + 1  # reminder 2 sent early
     cli(capsys, "rerun", "MBR-b", "--force", "--why", "again", "--inline", "--json")

@@ -7,8 +7,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 import models
-from worker import migrate
-from worker.db import make_engine
+from worker.store import migrate
+from worker.store.db import make_engine
 
 
 def _diff(url: str) -> list[object]:

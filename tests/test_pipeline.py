@@ -9,14 +9,15 @@ from typing import Any
 from sqlalchemy import Engine, func, select, text
 
 from models import Attempt, Member, Notification
-from tests.pipeline_helpers import check_outcome, outbox_by_guid, populate
-from worker import tasks
+from tests.pipeline_helpers import check_outcome, outbox_by_guid, populate, scan_now
 from worker.clock import utc_now
-from worker.pipeline import regenerate_batch
-from worker.repository import claim_due, new_owner
 from worker.runtime import Runtime
 from worker.sandbox.server import RunningSandbox
-from worker.scan import dry_run, run_scan, scan_lock
+from worker.service.regenerate import regenerate_batch
+from worker.service.scan import dry_run, run_scan
+from worker.store.leases import new_owner
+from worker.store.locks import scan_lock
+from worker.store.members import claim_due
 
 
 def _count(engine: Engine, model: Any) -> int:
@@ -30,14 +31,14 @@ def test_inline_scan_notifies_each_eligible_member_once(
     """Every eligible member gets exactly one notification with the right reason and parameters
     (as MX received them); no ineligible member gets one; a second scan creates none."""
     expected = populate(runtime.engine, 140, utc_now())
-    result = tasks.scan.run(trigger="test")
+    result = scan_now(runtime, trigger="test")
     assert result["claimed"] == 140
     assert result["batches"] == 140 // 25 + 1
     check_outcome(expected, outbox_by_guid(runtime.engine), sandbox.requests())
     notified = sum(k.notified for k in expected.values())
     assert _count(runtime.engine, Notification) == notified
 
-    again = tasks.scan.run(trigger="test")
+    again = scan_now(runtime, trigger="test")
     assert again["claimed"] == 0
     assert _count(runtime.engine, Notification) == notified
     with runtime.engine.connect() as conn:
@@ -124,11 +125,11 @@ def _dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
 def test_scan_with_reason_and_limit(runtime: Runtime) -> None:
     """--reason claims only members with that reason; --limit caps how many."""
     expected = populate(runtime.engine, 70, utc_now())
-    res = tasks.scan.run(trigger="test", reason="abandoned")
+    res = scan_now(runtime, trigger="test", reason="abandoned")
     abandoned = [g for g, k in expected.items() if k.reason == "abandoned"]
     assert res["claimed"] == len(abandoned)
     assert set(outbox_by_guid(runtime.engine)) == set(abandoned)
-    res2 = tasks.scan.run(trigger="test", limit=7)
+    res2 = scan_now(runtime, trigger="test", limit=7)
     assert res2["claimed"] == 7
 
 
@@ -152,7 +153,7 @@ def test_transient_failures_back_off_and_configuration_errors_spend_nothing(
     spending an attempt and logs one error."""
     populate(runtime.engine, 14, utc_now())
     sandbox.config.update({"rate_500": 1.0, "fault_endpoints": ["nexus"]})
-    tasks.scan.run(trigger="test")
+    scan_now(runtime, trigger="test")
     with runtime.engine.connect() as conn:
         rows = conn.execute(
             select(Member.reauth_state, Member.attempts, Member.next_attempt_at).where(
@@ -174,8 +175,9 @@ def test_transient_failures_back_off_and_configuration_errors_spend_nothing(
         owner = new_owner()
         with bad.sessions.begin() as s:
             ids = list(s.scalars(select(Member.id)))
-            claim_due(s, now=utc_now(), owner=owner, lease=timedelta(minutes=2), limit=100,
-                      member_ids=ids)  # fmt: skip
+            claim_due(
+                s, now=utc_now(), owner=owner, lease=timedelta(minutes=2), limit=100, member_ids=ids
+            )
         res = regenerate_batch(bad, ids, owner, clock=utc_now, force=True)
     finally:
         bad.close()
@@ -193,8 +195,8 @@ def test_stale_link_is_regenerated_before_delivery(
     new URI."""
     import json
 
-    from worker.delivery import close_sinks, dispatch
-    from worker.notify.contract import format_time
+    from worker.core.contract import format_time
+    from worker.service.deliver import deliver
 
     populate(runtime.engine, 1, utc_now())  # one expired member
     owner = new_owner()
@@ -210,8 +212,7 @@ def test_stale_link_is_regenerated_before_delivery(
         note.payload = {**note.payload, "generated_at": format_time(aged)}
     calls_before = len(sandbox.requests())
 
-    result = dispatch(runtime, clock=utc_now, owner="relay")
-    close_sinks()
+    result = deliver(runtime, clock=utc_now, owner="relay")
     assert result["sent"] == 1
     assert result["refreshed"] == 1
     assert len(sandbox.requests()) > calls_before
@@ -226,6 +227,37 @@ def test_stale_link_is_regenerated_before_delivery(
     assert member_uri == delivered[0]["oauth_window_uri"]
 
 
+def test_stale_link_mx_cannot_refresh_costs_an_attempt_and_is_not_delivered(
+    runtime: Runtime, sandbox: RunningSandbox, tmp_path: Any
+) -> None:
+    """When MX fails the refresh, the stale row keeps its old link, is not delivered, and spends
+    one delivery attempt (so a link MX keeps refusing ends dead instead of waiting forever); the
+    refresh call is recorded as an attempt of the member."""
+    from worker.core.contract import format_time
+    from worker.service.deliver import deliver
+
+    populate(runtime.engine, 1, utc_now())
+    owner = new_owner()
+    with runtime.sessions.begin() as s:
+        page = claim_due(s, now=utc_now(), owner=owner, lease=timedelta(minutes=2), limit=10)
+    regenerate_batch(runtime, page.ids, owner, clock=utc_now)
+    aged = utc_now() - runtime.settings.link_max_age - timedelta(minutes=1)
+    with runtime.sessions.begin() as s:
+        note = s.scalars(select(Notification)).one()
+        note.payload = {**note.payload, "generated_at": format_time(aged)}
+    sandbox.config.update({"rate_500": 1.0, "fault_endpoints": ["nexus"]})
+
+    result = deliver(runtime, clock=utc_now, owner="relay")
+
+    assert (result["sent"], result["refreshed"]) == (0, 0)
+    assert not (tmp_path / "notifications.jsonl").exists()
+    with runtime.engine.connect() as conn:
+        row = conn.execute(select(Notification.status, Notification.attempts)).one()
+        outcomes = [o for (o,) in conn.execute(select(Attempt.outcome).order_by(Attempt.id))]
+    assert tuple(row) == ("pending", 1)
+    assert outcomes == ["success", "transient"]
+
+
 def test_metrics_count_attempts_latency_and_scans(runtime: Runtime) -> None:
     """The Prometheus registry shows attempts by outcome, MX latency, members due, outbox backlog
     and scan duration after a scan."""
@@ -237,7 +269,7 @@ def test_metrics_count_attempts_latency_and_scans(runtime: Runtime) -> None:
     before = value("reauth_attempts_total", outcome="success")
     scans_before = value("reauth_scan_duration_seconds_count")
     populate(runtime.engine, 14, utc_now())
-    tasks.scan.run(trigger="test")
+    scan_now(runtime, trigger="test")
     assert value("reauth_attempts_total", outcome="success") - before == 7
     assert value("reauth_mx_latency_seconds_count") >= 9
     assert value("reauth_scan_duration_seconds_count") == scans_before + 1

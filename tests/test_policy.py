@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.policy import (
+from worker.core.policy import (
     CONNECTION_STATUSES,
     Channel,
     Generate,
@@ -287,7 +287,7 @@ def test_force_skips_reminder_timing_but_never_repeats_a_reminder() -> None:
 
 
 def _apply(m: MemberSnapshot, f: object) -> MemberSnapshot:
-    from worker.policy import ReauthFields
+    from worker.core.policy import ReauthFields
 
     assert isinstance(f, ReauthFields)
     return replace(

@@ -10,13 +10,15 @@ from sqlalchemy import select
 
 from models import Member, Notification
 from tests.pipeline_helpers import populate
-from worker import ops
 from worker.clock import utc_now
-from worker.importer import MemberRow, upsert
-from worker.pipeline import regenerate_batch
-from worker.repository import claim_due, mx_paused, new_owner
 from worker.runtime import Runtime
-from worker.scan import run_scan
+from worker.service import actions
+from worker.service.importer import MemberRow, upsert
+from worker.service.regenerate import regenerate_batch
+from worker.service.scan import run_scan
+from worker.store.leases import new_owner
+from worker.store.locks import mx_paused
+from worker.store.members import claim_due
 
 
 def _claim_all(rt: Runtime) -> tuple[list[int], str]:
@@ -32,9 +34,12 @@ def test_import_during_a_batch_wins(runtime: Runtime) -> None:
     populate(runtime.engine, 1, utc_now())  # one EXPIRED member
     ids, owner = _claim_all(runtime)
     row = MemberRow(
-        member_guid="MBR-000000", user_guid="USR-0000", institution_code="chase", is_oauth=True,
+        member_guid="MBR-000000",
+        user_guid="USR-0000",
+        institution_code="chase",
+        is_oauth=True,
         connection_status="CONNECTED",
-    )  # fmt: skip
+    )
     with runtime.sessions.begin() as s:
         upsert(s, [row], now=utc_now(), cfg=runtime.policy)
     result = regenerate_batch(runtime, ids, owner, clock=utc_now)
@@ -48,18 +53,21 @@ def test_import_during_a_batch_wins(runtime: Runtime) -> None:
 
 def test_oauth_success_cancels_undelivered_reminders(runtime: Runtime) -> None:
     """A reminder still in the outbox when OAuth succeeds is canceled, never delivered."""
-    from worker.delivery import close_sinks, dispatch
+    from worker.service.deliver import deliver
 
     populate(runtime.engine, 1, utc_now())
     ids, owner = _claim_all(runtime)
     regenerate_batch(runtime, ids, owner, clock=utc_now)  # outbox row, not yet delivered
     with runtime.sessions.begin() as s:
-        ops.oauth_result(
-            s, member_guid="MBR-000000", status="success", error_reason=None, now=utc_now(),
+        actions.oauth_result(
+            s,
+            member_guid="MBR-000000",
+            status="success",
+            error_reason=None,
+            now=utc_now(),
             actor="test",
-        )  # fmt: skip
-    result = dispatch(runtime, clock=utc_now, owner="relay")
-    close_sinks()
+        )
+    result = deliver(runtime, clock=utc_now, owner="relay")
     assert result["claimed"] == 0
     with runtime.engine.connect() as conn:
         assert conn.scalar(select(Notification.status)) == "canceled"

@@ -16,15 +16,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import Attempt, Member, Notification
-from worker import migrate
+from models import Attempt
+from worker.app import jobs
 from worker.clock import utc_now
 from worker.config import NotifySink, Settings
-from worker.db import session_scope
 from worker.runtime import Runtime
+from worker.store import attempts, leases, members, migrate, notifications
+from worker.store.db import session_scope
 
 DEMO_REDIRECT = "https://app.example.com/oauth/complete"
 DEMO_SCHEME = "reauthdemo"
@@ -57,21 +57,57 @@ def seeds(now: datetime) -> list[Seed]:
     add("revoked: IMPAIRED", 2, connection_status="IMPAIRED")
     add("revoked: IMPORTED", 2, connection_status="IMPORTED")
     add("revoked, aggregation running", 3, connection_status="DENIED", is_being_aggregated=True)
-    add("expired, aggregated 2 h ago", 3, connection_status="EXPIRED",
-        successfully_aggregated_at=now - 2 * h)  # fmt: skip
+    add(
+        "expired, aggregated 2 h ago",
+        3,
+        connection_status="EXPIRED",
+        successfully_aggregated_at=now - 2 * h,
+    )
     add("expired, APP channel", 4, connection_status="EXPIRED", channel="APP")
-    add("revoked, APP channel", 2, connection_status="DENIED", channel="APP",
-        successfully_aggregated_at=now - 2 * h)  # fmt: skip
-    add("abandoned: oauth PENDING 2 h", 3, connection_status="CREATED", oauth_status="PENDING",
-        oauth_started_at=now - 2 * h)  # fmt: skip
-    add("abandoned: CREATED, no oauth status", 2, connection_status="CREATED",
-        oauth_started_at=now - 2 * h)  # fmt: skip
-    add("abandoned: user CANCELLED", 2, connection_status="PENDING", oauth_status="ERRORED",
-        oauth_error_reason="CANCELLED", oauth_started_at=now - 3 * h, channel="APP")  # fmt: skip
-    add("abandoned: SESSION_ERROR", 1, connection_status="PENDING", oauth_status="ERRORED",
-        oauth_error_reason="SESSION_ERROR", oauth_started_at=now - 3 * h)  # fmt: skip
-    add("not yet abandoned (10 min)", 2, connection_status="CREATED", oauth_status="PENDING",
-        oauth_started_at=now - timedelta(minutes=10))  # fmt: skip
+    add(
+        "revoked, APP channel",
+        2,
+        connection_status="DENIED",
+        channel="APP",
+        successfully_aggregated_at=now - 2 * h,
+    )
+    add(
+        "abandoned: oauth PENDING 2 h",
+        3,
+        connection_status="CREATED",
+        oauth_status="PENDING",
+        oauth_started_at=now - 2 * h,
+    )
+    add(
+        "abandoned: CREATED, no oauth status",
+        2,
+        connection_status="CREATED",
+        oauth_started_at=now - 2 * h,
+    )
+    add(
+        "abandoned: user CANCELLED",
+        2,
+        connection_status="PENDING",
+        oauth_status="ERRORED",
+        oauth_error_reason="CANCELLED",
+        oauth_started_at=now - 3 * h,
+        channel="APP",
+    )
+    add(
+        "abandoned: SESSION_ERROR",
+        1,
+        connection_status="PENDING",
+        oauth_status="ERRORED",
+        oauth_error_reason="SESSION_ERROR",
+        oauth_started_at=now - 3 * h,
+    )
+    add(
+        "not yet abandoned (10 min)",
+        2,
+        connection_status="CREATED",
+        oauth_status="PENDING",
+        oauth_started_at=now - timedelta(minutes=10),
+    )
     add("connected: nothing to do", 5, connection_status="CONNECTED")
     add("challenged (MFA): not OAuth re-auth", 1, connection_status="CHALLENGED")
     add("not an OAuth member", 2, connection_status="EXPIRED", is_oauth=False)
@@ -80,17 +116,18 @@ def seeds(now: datetime) -> list[Seed]:
     add("MX answers another guid", 1, connection_status="EXPIRED", marker="MOVED")
     # Processed in a second pass with REAUTH_AGGREGATE_AFTER_REAUTH=false (a global setting), so
     # the demo also shows the disabled_by_config branch of skip_aggregation.
-    add("expired, aggregation disabled by config", 2, connection_status="EXPIRED",
-        successfully_aggregated_at=stale, marker="NOAGG")  # fmt: skip
+    add(
+        "expired, aggregation disabled by config",
+        2,
+        connection_status="EXPIRED",
+        successfully_aggregated_at=stale,
+        marker="NOAGG",
+    )
     return out
 
 
 def _seed(session: Session, population: list[Seed], now: datetime) -> int:
-    existing = set(
-        session.scalars(
-            select(Member.member_guid).where(Member.member_guid.in_([s.guid for s in population]))
-        )
-    )
+    existing = set(members.by_guids(session, [s.guid for s in population]))
     added = 0
     for i, seed in enumerate(population):
         if seed.guid in existing:
@@ -101,13 +138,13 @@ def _seed(session: Session, population: list[Seed], now: datetime) -> int:
             "institution_code": ("chase", "wells_fargo", "mx_bank")[i % 3],
             **seed.fields,
         }
-        session.add(
-            Member(
-                member_guid=seed.guid, user_guid=f"USR-demo-{i // 2:03d}",
-                next_attempt_at=None if "NOAGG" in seed.guid else now, reauth_state="idle",
-                **values,
-            )
-        )  # fmt: skip
+        m = members.add_new(
+            session,
+            {"member_guid": seed.guid, "user_guid": f"USR-demo-{i // 2:03d}", **values},
+            now=now,
+        )
+        if "NOAGG" in seed.guid:
+            m.next_attempt_at = None  # processed by the second pass only
         added += 1
     return added
 
@@ -132,7 +169,6 @@ def demo_settings(base: Settings, sandbox_url: str, sso_url: str) -> Settings:
 
 def run_demo(base: Settings) -> dict[str, Any]:
     """Run the demo and return what the CLI prints (rows and summary)."""
-    from worker import tasks
     from worker.sandbox.config import SandboxConfig
     from worker.sandbox.server import running_sandbox
 
@@ -141,32 +177,17 @@ def run_demo(base: Settings) -> dict[str, Any]:
     population = seeds(started)
     with running_sandbox(SandboxConfig(latency=0.01, jitter=0.01)) as sandbox:
         settings = demo_settings(base, sandbox.base_url, sandbox.sso_base_url)
-        rt = Runtime(settings)
+        rt = Runtime(settings, inline=True)
         try:
             with session_scope(rt.sessions) as s:
                 added = _seed(s, population, started)
-            tasks.set_runtime(rt)
-            tasks.set_followups(tasks.InlineFollowups())
-            scan = tasks.scan.run(trigger="demo")
+            scan = jobs.scan(rt, clock=utc_now, trigger="demo").as_dict()
             _second_pass(rt, population)
             with session_scope(rt.sessions) as s:
                 rows = _rows(s, population, since=started)
-                notified_now = s.scalar(
-                    select(func.count())
-                    .select_from(Notification)
-                    .where(Notification.created_at >= started)
-                )
-                totals = dict(
-                    s.execute(
-                        select(Notification.status, func.count()).group_by(Notification.status)
-                    ).all()
-                )
+                notified_now = notifications.created_since(s, started)
+                totals = {k: v for k, v in notifications.counts_by_status(s).items() if v}
         finally:
-            tasks.set_runtime(None)
-            tasks.set_followups(tasks.Followups())
-            from worker.delivery import close_sinks
-
-            close_sinks()
             rt.close()
         mx_calls = len([r for r in sandbox.requests() if "oauth_window_uri" in r.get("path", "")])
     return {
@@ -185,45 +206,34 @@ def run_demo(base: Settings) -> dict[str, Any]:
 
 def _second_pass(rt: Runtime, population: list[Seed]) -> None:
     """Process the NOAGG members as a deployment with REAUTH_AGGREGATE_AFTER_REAUTH=false."""
-    from worker import repository, tasks
-
     guids = [p.guid for p in population if "NOAGG" in p.guid]
-    owner = repository.new_owner()
+    owner = leases.new_owner()
     with session_scope(rt.sessions) as s:
-        ids = list(
-            s.scalars(select(Member.id).where(Member.member_guid.in_(guids), Member.episode == 0))
-        )
+        ids = [m.id for m in members.by_guids(s, guids).values() if m.episode == 0]
         if ids:
-            repository.claim_due(
-                s, now=utc_now(), owner=owner, lease=rt.settings.claim_lease, limit=len(ids),
+            members.claim_due(
+                s,
+                now=utc_now(),
+                owner=owner,
+                lease=rt.settings.claim_lease,
+                limit=len(ids),
                 member_ids=ids,
-            )  # fmt: skip
+            )
     if not ids:
         return
-    no_agg = Runtime(rt.settings.model_copy(update={"aggregate_after_reauth": False}))
+    no_agg = Runtime(rt.settings.model_copy(update={"aggregate_after_reauth": False}), inline=True)
     try:
-        tasks.set_runtime(no_agg)
-        tasks.followups.regenerate(ids, owner, force=False, trigger="demo")
+        jobs.regenerate(no_agg, ids, owner, clock=utc_now, force=False, trigger="demo")
     finally:
-        tasks.set_runtime(rt)
         no_agg.close()
 
 
 def _rows(session: Session, population: list[Seed], *, since: datetime) -> list[dict[str, Any]]:
-    members = {
-        m.member_guid: m
-        for m in session.scalars(
-            select(Member).where(Member.member_guid.in_([p.guid for p in population]))
-        )
-    }
-    latest: dict[int, Attempt] = {}
-    for attempt in session.scalars(
-        select(Attempt).where(Attempt.created_at >= since).order_by(Attempt.id)
-    ):
-        latest[attempt.member_id] = attempt
+    by_guid = members.by_guids(session, [p.guid for p in population])
+    latest: dict[int, Attempt] = {a.member_id: a for a in attempts.since(session, since)}
     rows = []
     for p in population:
-        m = members[p.guid]
+        m = by_guid[p.guid]
         a = latest.get(m.id)
         rows.append(
             {

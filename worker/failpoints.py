@@ -30,7 +30,7 @@ POINTS = (
     "during_mx_calls",  # pipeline.call_all: one MX call answered, others may be in flight
     "after_mx_calls",  # pipeline.regenerate_batch: all MX answers in, nothing written yet
     "after_commit",  # tasks.regenerate: the batch transaction committed, message not acked
-    "after_deliver",  # notify.relay.dispatch_pending: sink delivered, rows not marked sent
+    "after_deliver",  # notify.relay.deliver_batch: sink delivered, rows not marked sent
 )
 
 

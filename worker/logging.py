@@ -17,11 +17,14 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import structlog
 from structlog.typing import EventDict, Processor
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 #: Keys whose values are secrets, matched case-insensitively as substrings of the key.
 SECRET_KEY_PARTS = (
@@ -187,3 +190,15 @@ def clear_context() -> None:
 def scrub_all(values: Iterable[str]) -> list[str]:
     """Scrub several strings (used for exception messages shown to operators)."""
     return [_scrub_text(v) for v in values]
+
+
+def setup_from_settings(settings: Settings, *, level: str | None = None) -> None:
+    """Configure logging for an entry point from its settings, registering every secret the
+    settings hold so no log line can carry one."""
+    register_secret(settings.mx_api_key.get_secret_value())
+    if settings.webhook_secret is not None:
+        register_secret(settings.webhook_secret.get_secret_value())
+    configure_logging(
+        fmt=settings.log_format.value if settings.log_format else None,
+        level=level or settings.log_level,
+    )

@@ -1,8 +1,13 @@
-"""Per-process runtime: the long-lived things a worker process (or the CLI) shares.
+"""The runtime: everything long-lived that one process shares, built once and closed once.
 
-One engine, one session factory, one event loop (an :class:`asyncio.Runner` kept open so the MX
-client's connection pool and Redis connections survive between batches) and one MX client. Celery
-prefork children build theirs lazily after the fork; nothing here is created at import time.
+Every entry point builds one (a Celery worker process on its first task, each CLI command, the
+demo, a test) and passes it down explicitly, like arq's ``ctx``: settings, the policy's knobs,
+the database engine and session factory, one event loop (an :class:`asyncio.Runner` kept open so
+the MX client's connection pool and Redis connections survive between batches), the MX client,
+the notification sink, and the follow-up strategy that says how work is handed on (Celery
+messages, or direct calls in this process). Nothing is created at import time and nothing is
+swapped at run time: a test that wants inline follow-ups or a fake MX transport constructs the
+runtime with them.
 """
 
 from __future__ import annotations
@@ -11,19 +16,22 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.config import Settings
-from worker.db import make_engine, session_factory
-from worker.policy import PolicyConfig
+from worker.core.policy import PolicyConfig
+from worker.store.db import make_engine, session_factory
 
 if TYPE_CHECKING:
     import httpx
 
+    from worker.app.followups import Followups
     from worker.mx import MxClient
+    from worker.notify.sinks import Sink
 
 T = TypeVar("T")
 
@@ -39,15 +47,20 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 @dataclass
 class Runtime:
+    """One process's shared resources. ``inline=True``: follow-ups run in this process."""
+
     settings: Settings
     mx_transport: httpx.AsyncBaseTransport | None = None
+    inline: bool = False
     _engine: Engine | None = field(default=None, init=False, repr=False)
     _sessions: sessionmaker[Session] | None = field(default=None, init=False, repr=False)
     _runner: asyncio.Runner | None = field(default=None, init=False, repr=False)
     _mx: MxClient | None = field(default=None, init=False, repr=False)
+    _sink: Sink | None = field(default=None, init=False, repr=False)
+    _followups: Followups | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    @property
+    @cached_property
     def policy(self) -> PolicyConfig:
         return PolicyConfig.from_settings(self.settings)
 
@@ -78,8 +91,32 @@ class Runtime:
             self._mx = build_mx_client(self.settings, transport=self.mx_transport)
         return self._mx
 
+    @property
+    def sink(self) -> Sink:
+        """Where the relay delivers (it holds connections, so one per runtime)."""
+        if self._sink is None:
+            from worker.notify.sinks import build_sink
+
+            self._sink = build_sink(self.settings)
+        return self._sink
+
+    @property
+    def followups(self) -> Followups:
+        """How a finished step hands work on: Celery messages, or direct calls when inline."""
+        if self._followups is None:
+            from worker.app.followups import CeleryFollowups, InlineFollowups
+
+            self._followups = InlineFollowups(self) if self.inline else CeleryFollowups(self)
+        return self._followups
+
     def close(self) -> None:
-        """Close the MX client, the loop and the engine (idempotent)."""
+        """Close the sink, follow-ups, MX client, loop and engine (idempotent)."""
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+        if self._followups is not None:
+            self._followups.close()
+            self._followups = None
         if self._mx is not None and self._runner is not None:
             self.run(self._mx.aclose())
         self._mx = None

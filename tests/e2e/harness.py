@@ -66,11 +66,21 @@ def celery_worker(
     with celery_process(
         env,
         [
-            "worker", "-Q", "reauth", "-c", str(concurrency), "-P", "prefork", "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "worker",
+            "-Q",
+            "reauth",
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ],
         log_path=log_path,
-    ) as proc:  # fmt: skip
+    ) as proc:
         yield proc
 
 
@@ -80,8 +90,15 @@ def celery_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``celery -A worker.celery_app <argv>`` in its own process group, logging to ``log_path``."""
     args = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", *argv, "--loglevel", "WARNING",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        *argv,
+        "--loglevel",
+        "WARNING",
+    ]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -14,9 +14,9 @@ from models import Member, Notification
 from tests.e2e.harness import celery_worker, reauth_env, run_cli, wait_for
 from tests.pipeline_helpers import check_outcome, outbox_by_guid, populate
 from worker.clock import utc_now
-from worker.db import make_engine
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.server import RunningSandbox, running_sandbox
+from worker.store.db import make_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -50,9 +50,11 @@ def test_thousand_members_through_a_real_worker(
     expected = populate(engine, 1000, utc_now())
     notified = sum(k.notified for k in expected.values())
     env = reauth_env(
-        db_url=pg_url, redis_url=redis_url, mx_base_url=sandbox.base_url,
+        db_url=pg_url,
+        redis_url=redis_url,
+        mx_base_url=sandbox.base_url,
         mx_sso_base_url=sandbox.sso_base_url,
-    )  # fmt: skip
+    )
     with celery_worker(env, log_path=tmp_path / "worker.log"):
         scan = run_cli(env, "scan", "--json")
         assert scan.returncode == 0, scan.stderr
@@ -90,10 +92,13 @@ def test_sqlite_flow_with_scan_inline(
     engine = make_engine(sqlite_url)
     expected = populate(engine, 200, utc_now())
     env = reauth_env(
-        db_url=sqlite_url, redis_url="", mx_base_url=sandbox.base_url,
-        mx_sso_base_url=sandbox.sso_base_url, REAUTH_NOTIFY_SINK="file",
+        db_url=sqlite_url,
+        redis_url="",
+        mx_base_url=sandbox.base_url,
+        mx_sso_base_url=sandbox.sso_base_url,
+        REAUTH_NOTIFY_SINK="file",
         REAUTH_NOTIFY_FILE=str(tmp_path / "out.jsonl"),
-    )  # fmt: skip
+    )
     env.pop("REAUTH_BROKER_URL")
     env.pop("REAUTH_REDIS_URL")
     res = run_cli(env, "scan", "--inline", "--json")

@@ -1,4 +1,5 @@
-"""Properties of the pure retry delay in :mod:`worker.backoff` (the MX client's caller uses it)."""
+"""Properties of the pure retry delay in :mod:`worker.core.backoff` (used after MX and sink
+failures)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.backoff import MIN_DELAY, RETRY_AFTER_CAP, backoff_delay
+from worker.core.backoff import MIN_DELAY, RETRY_AFTER_CAP, backoff_delay
 
 attempts = st.integers(min_value=1, max_value=200)
 seconds = st.integers(min_value=1, max_value=7200).map(lambda s: timedelta(seconds=s))

@@ -175,7 +175,7 @@ def test_json_file_members(tmp_path: Path) -> None:
 def test_database_members(sqlite_url: str) -> None:
     """Members read from the project's members table (models.Member rows)."""
     from models import Member
-    from worker.db import make_engine, session_factory
+    from worker.store.db import make_engine, session_factory
 
     engine = make_engine(sqlite_url)
     with session_factory(engine)() as session, session.begin():

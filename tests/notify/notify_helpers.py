@@ -20,9 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Member, Notification
-from worker.db import session_scope
-from worker.notify.contract import build_message, idempotency_key
+from worker.core.contract import build_message, idempotency_key
 from worker.notify.sinks import DELIVERED, DeliveryResult, Message
+from worker.store.db import session_scope
 
 #: The relay's notion of "now" in these tests; rows are generated a minute before it.
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

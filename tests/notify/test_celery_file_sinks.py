@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.config import Settings
 from worker.errors import ConfigError, SinkTransientError
-from worker.notify.relay import dispatch_pending
+from worker.notify.relay import deliver_batch
 from worker.notify.sinks import CelerySink, FileSink, RedisStreamSink, build_sink
 from worker.notify.webhook import WebhookSink
 
@@ -40,9 +40,7 @@ def test_celery_sink_sends_one_json_task_per_message_on_the_queue(
     sink = build_sink(settings)
     assert isinstance(sink, CelerySink)
     try:
-        result = dispatch_pending(
-            settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r"
-        )
+        result = deliver_batch(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r")
     finally:
         sink.close()
     assert result.sent == 2
@@ -93,9 +91,9 @@ def test_file_sink_appends_json_lines(
     first = add_notification(sessions)
     sink = build_sink(settings)
     assert isinstance(sink, FileSink)
-    dispatch_pending(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r")
+    deliver_batch(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r")
     second = add_notification(sessions)
-    dispatch_pending(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r")
+    deliver_batch(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r")
     sink.close()
 
     lines = [json.loads(line) for line in path.read_text().splitlines()]

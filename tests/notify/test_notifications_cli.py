@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Notification
 from worker.cli import main
 from worker.config import load_settings
-from worker.db import session_scope
-from worker.notify.contract import build_message
-from worker.notify.relay import dispatch_pending
+from worker.core.contract import build_message
+from worker.notify.relay import deliver_batch
 from worker.notify.sinks import RedisStreamSink
+from worker.store.db import session_scope
 
 STREAM = "test:cli-notifications"
 
@@ -74,7 +74,7 @@ def test_list_json_has_counts_and_rows_without_uris(
 ) -> None:
     """``list --json``: counts per status and one object per row; links only as fingerprints."""
     sent = add_notification(sessions)
-    dispatch_pending(
+    deliver_batch(
         settings=load_settings(database_url=cli_db),
         sessions=sessions,
         sink=RecordingSink(),
@@ -141,7 +141,7 @@ def test_retry_dead_puts_every_dead_row_back_to_pending(
     assert get_row(sessions, other).attempts == 0
     sink = RecordingSink()
     settings = load_settings(database_url=cli_db)
-    dispatch_pending(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r")
+    deliver_batch(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="r")
     assert len(sink.delivered) == 3
 
 

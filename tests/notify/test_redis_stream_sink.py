@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.config import Settings
 from worker.errors import SinkTransientError
-from worker.notify.relay import dispatch_pending
+from worker.notify.relay import deliver_batch
 from worker.notify.sinks import DeliveryResult, Message, RedisStreamSink, build_sink
 
 pytestmark = pytest.mark.redis
@@ -74,12 +74,8 @@ def test_each_row_appears_on_the_stream_exactly_once_with_contract_fields(
     sink = build_sink(settings)
     assert isinstance(sink, RedisStreamSink)
     try:
-        first = dispatch_pending(
-            settings=settings, sessions=sessions, sink=sink, now=NOW, owner="a"
-        )
-        again = dispatch_pending(
-            settings=settings, sessions=sessions, sink=sink, now=NOW, owner="b"
-        )
+        first = deliver_batch(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="a")
+        again = deliver_batch(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="b")
     finally:
         sink.close()
 
@@ -114,11 +110,11 @@ def test_crash_between_xadd_and_mark_sent_gives_one_extra_delivery_not_a_loss(
 
     try:
         with pytest.raises(SimulatedCrash):
-            dispatch_pending(
+            deliver_batch(
                 settings=settings, sessions=sessions, sink=CrashAfterXadd(), now=NOW, owner="a"
             )
         assert get_row(sessions, nid).status == "pending"
-        result = dispatch_pending(
+        result = deliver_batch(
             settings=settings,
             sessions=sessions,
             sink=real,
@@ -143,7 +139,7 @@ def test_documented_consumer_group_recipe_reads_and_acks(
     nid = add_notification(sessions)
     sink = build_sink(settings)
     try:
-        dispatch_pending(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="a")
+        deliver_batch(settings=settings, sessions=sessions, sink=sink, now=NOW, owner="a")
         # A duplicate, as after a relay crash: same message, second entry.
         sink.deliver(read_stream(client, stream))
     finally:

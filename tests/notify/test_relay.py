@@ -1,7 +1,8 @@
 """The outbox relay against SQLite and PostgreSQL, with an in-memory sink.
 
 Pins: claims and leases, per-message outcomes (sent / backoff / dead), at-least-once delivery
-across a crash, and that a stale link is refreshed (or held back) instead of being delivered.
+across a crash, and that a stale link is held back instead of being delivered (refreshing it is
+the refresh step's job: tests/test_pipeline.py).
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from typing import Any
 
 import pytest
 import structlog
-from notify_helpers import NOW, RecordingSink, add_notification, get_row, oauth_uri
+from notify_helpers import NOW, RecordingSink, add_notification, get_row
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Notification
 from worker.config import Settings
-from worker.db import session_scope
 from worker.errors import SinkPermanentError, SinkTransientError
-from worker.notify.relay import claim_batch, dispatch_pending, is_stale
+from worker.notify.relay import deliver_batch, is_stale
 from worker.notify.sinks import DELIVERED, DeliveryResult, Message
+from worker.store import notifications
+from worker.store.db import session_scope
+from worker.store.notifications import Claimed
 
 
 class SimulatedCrash(BaseException):
@@ -39,6 +42,11 @@ def settings(db_url: str, settings_for: Callable[..., Settings]) -> Settings:
     )
 
 
+def claim_batch(sessions: sessionmaker[Session], **kwargs: Any) -> list[Claimed]:
+    with session_scope(sessions) as s:
+        return notifications.claim_due(s, **kwargs)
+
+
 def dispatch(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -48,7 +56,7 @@ def dispatch(
     owner: str = "relay-1",
     **kwargs: Any,
 ) -> Any:
-    return dispatch_pending(
+    return deliver_batch(
         settings=settings, sessions=sessions, sink=sink, now=now, owner=owner, **kwargs
     )
 
@@ -243,48 +251,10 @@ def test_crash_between_delivery_and_mark_redelivers_same_id_after_lease(
     assert get_row(sessions, nid).status == "sent"
 
 
-def refresher_for(
-    sessions: sessionmaker[Session], calls: list[tuple[list[uuid.UUID], datetime]]
-) -> Callable[[Sequence[uuid.UUID], datetime], None]:
-    """A fake of the pipeline's refresher: new URI and generated_at in the payload."""
-
-    def refresh(ids: Sequence[uuid.UUID], now: datetime) -> None:
-        calls.append((list(ids), now))
-        with session_scope(sessions) as s:
-            for row in s.scalars(select(Notification).where(Notification.id.in_(ids))):
-                row.payload = {
-                    **row.payload,
-                    "oauth_window_uri": oauth_uri(f"fresh-{row.id}"),
-                    "generated_at": now.isoformat().replace("+00:00", "Z"),
-                }
-
-    return refresh
-
-
-def test_stale_link_is_refreshed_before_delivery(
+def test_stale_link_is_held_back_not_delivered(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    """A link older than link_max_age goes to the refresher first; the delivered message
-    carries the new URI and generated_at. Fresh rows are not sent to the refresher."""
-    stale = add_notification(sessions, generated_at=NOW - timedelta(minutes=11))
-    fresh = add_notification(sessions, generated_at=NOW - timedelta(minutes=9))
-    calls: list[tuple[list[uuid.UUID], datetime]] = []
-    sink = RecordingSink()
-
-    result = dispatch(settings, sessions, sink, refresher=refresher_for(sessions, calls))
-
-    assert calls == [([stale], NOW)]
-    assert (result.sent, result.refreshed) == (2, 1)
-    by_id = {m["id"]: m for m in sink.delivered}
-    assert by_id[str(stale)]["oauth_window_uri"] == oauth_uri(f"fresh-{stale}")
-    assert by_id[str(stale)]["generated_at"] == "2026-03-02T09:00:00Z"
-    assert by_id[str(fresh)]["oauth_window_uri"] != by_id[str(stale)]["oauth_window_uri"]
-
-
-def test_stale_link_without_refresher_is_held_back_not_delivered(
-    settings: Settings, sessions: sessionmaker[Session]
-) -> None:
-    """No refresher: the stale row stays pending, unspent, and is not due again for a lease."""
+    """A stale row stays pending, unspent, and is not due again for a lease."""
     stale = add_notification(sessions, generated_at=NOW - timedelta(minutes=30))
     fresh = add_notification(sessions)
     sink = RecordingSink()
@@ -296,26 +266,6 @@ def test_stale_link_without_refresher_is_held_back_not_delivered(
     row = get_row(sessions, stale)
     assert (row.status, row.attempts, row.claim_owner) == ("pending", 0, None)
     assert row.next_attempt_at == NOW + settings.notify_lease
-
-
-def test_failed_refresh_is_a_transient_failure_for_that_row_only(
-    settings: Settings, sessions: sessionmaker[Session]
-) -> None:
-    """A refresher that raises (MX down) costs the stale rows an attempt; others are sent."""
-    stale = add_notification(sessions, generated_at=NOW - timedelta(hours=1))
-    fresh = add_notification(sessions)
-
-    def broken(ids: Sequence[uuid.UUID], now: datetime) -> None:
-        raise RuntimeError("mx timeout")
-
-    sink = RecordingSink()
-    result = dispatch(settings, sessions, sink, refresher=broken)
-
-    assert (result.sent, result.retried, result.refreshed) == (1, 1, 0)
-    assert [m["id"] for m in sink.delivered] == [str(fresh)]
-    row = get_row(sessions, stale)
-    assert (row.status, row.attempts) == ("pending", 1)
-    assert row.last_error == "SinkTransientError: link still stale after refresh"
 
 
 def test_is_stale_reads_contract_timestamps() -> None:
@@ -332,12 +282,12 @@ def test_is_stale_reads_contract_timestamps() -> None:
 def test_logs_one_summary_line_and_no_uri(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    """A batch logs one ``notify.dispatched`` line with counts; no log event holds a URI."""
+    """A batch logs one ``notify.relayed`` line with counts; no log event holds a URI."""
     add_notification(sessions)
     add_notification(sessions, generated_at=NOW - timedelta(hours=2))
     with structlog.testing.capture_logs() as events:
         dispatch(settings, sessions, RecordingSink())
-    summary = [e for e in events if e["event"] == "notify.dispatched"]
+    summary = [e for e in events if e["event"] == "notify.relayed"]
     assert len(summary) == 1
     assert summary[0]["sent"] == 1
     assert summary[0]["deferred"] == 1
@@ -349,7 +299,7 @@ def test_postgres_claim_skips_rows_locked_by_another_relay(
     pg_url: str, settings_for: Callable[..., Settings]
 ) -> None:
     """SKIP LOCKED: a row locked by a concurrent claim is skipped, not waited on."""
-    from worker.db import make_engine, session_factory
+    from worker.store.db import make_engine, session_factory
 
     engine = make_engine(pg_url)
     try:

@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from worker.config import Settings
 from worker.errors import ConfigError, SinkPermanentError, SinkTransientError
-from worker.notify.relay import dispatch_pending
+from worker.notify.relay import deliver_batch
 from worker.notify.sinks import build_sink
 from worker.notify.webhook import WebhookSink, classify, signed_headers, signing_key
 
@@ -165,9 +165,7 @@ def test_endpoint_answering_500_ends_dead_while_others_are_delivered(
         runs = []
         for _ in range(4):
             runs.append(
-                dispatch_pending(
-                    settings=settings, sessions=sessions, sink=sink, now=now, owner="r"
-                )
+                deliver_batch(settings=settings, sessions=sessions, sink=sink, now=now, owner="r")
             )
             now += timedelta(minutes=2)
     finally:

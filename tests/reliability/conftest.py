@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from worker.db import make_engine
+from worker.store.db import make_engine
 
 
 @pytest.fixture

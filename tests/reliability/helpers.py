@@ -32,11 +32,11 @@ from sqlalchemy import Engine, func, select
 from models import Attempt, Member, Notification
 from tests.e2e.harness import celery_process, free_port, kill_group, reauth_env, wait_for
 from tests.pipeline_helpers import Kind, check_outcome, outbox_by_guid
-from worker.celery_app import DISPATCH_TASK, QUEUE, SCAN_TASK
+from worker.app.celery_app import DELIVER_TASK, QUEUE, SCAN_TASK
 
 STREAM = "reauth:notifications"
 
-#: Short leases and fast retries so crashed work is retaken within seconds (issue 7).
+#: Short leases and fast retries so crashed work is retaken within seconds.
 FAST = {
     "REAUTH_CLAIM_LEASE": "3s",
     "REAUTH_NOTIFY_LEASE": "3s",
@@ -77,7 +77,7 @@ class Nudger:
         self._send(SCAN_TASK, {"trigger": "test"})
 
     def dispatch(self) -> None:
-        self._send(DISPATCH_TASK, {})
+        self._send(DELIVER_TASK, {})
 
     def _send(self, name: str, kwargs: dict[str, Any]) -> None:
         with self.app.connection_for_write() as conn:
@@ -218,17 +218,21 @@ def check_invariant(
     redelivery_allowed: bool = False,
     max_attempts: int | None = None,
 ) -> None:
-    """The promise of issue 7, checked after a scenario has settled (see the module doc)."""
+    """The reliability promise, checked after a scenario has settled (see the module doc)."""
     check_outcome(expected, outbox_by_guid(engine), requests)
     check_consistency(engine, max_attempts=max_attempts)
     n = counts(engine)
     assert n["claimed"] == 0, "claims left after the leases"
     assert n["unsent"] == 0, "outbox rows not delivered"
     with engine.connect() as c:
-        outbox = {str(i): g for i, g in c.execute(
-            select(Notification.id, Member.member_guid).join(
-                Member, Member.id == Notification.member_id)
-        )}  # fmt: skip
+        outbox = {
+            str(i): g
+            for i, g in c.execute(
+                select(Notification.id, Member.member_guid).join(
+                    Member, Member.id == Notification.member_id
+                )
+            )
+        }
         states = dict(c.execute(select(Member.member_guid, Member.reauth_state)).all())
     assert set(delivered) == set(outbox), (
         f"lost: {len(set(outbox) - set(delivered))}, unknown: {len(set(delivered) - set(outbox))}"
@@ -294,9 +298,20 @@ class RedisServer:
 
     def start(self) -> None:
         args = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--maxmemory-policy", "noeviction",
-        ]  # fmt: skip
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -22,10 +22,10 @@ from sqlalchemy import func, select
 
 import models
 from tests.e2e.harness import ROOT, run_cli
-from worker.db import make_engine
 from worker.errors import BadResponse, MxError
-from worker.importer import MAX_LINE_BYTES, parse
 from worker.mx import responses
+from worker.service.importer import MAX_LINE_BYTES, parse
+from worker.store.db import make_engine
 
 pytestmark = [pytest.mark.reliability]
 
@@ -80,8 +80,18 @@ BAD_JSONL = b"\n".join(
         _row("MBR-oauth", oauth_status="MAYBE"),  # 12 unknown oauth status
     ]
 )
-BAD_LINES = {2: "JSON", 3: "boolean", 4: "SLEEPING", 5: "duplicate", 6: "longer than",
-             7: "UTF-8", 9: "object", 10: "timezone", 11: "unknown field", 12: "MAYBE"}  # fmt: skip
+BAD_LINES = {
+    2: "JSON",
+    3: "boolean",
+    4: "SLEEPING",
+    5: "duplicate",
+    6: "longer than",
+    7: "UTF-8",
+    9: "object",
+    10: "timezone",
+    11: "unknown field",
+    12: "MAYBE",
+}
 
 BAD_CSV = b"\n".join(
     [
@@ -239,9 +249,19 @@ _json = st.recursive(
     max_leaves=12,
 )
 _envelope_keys = st.sampled_from(
-    ["error", "errors", "message", "code", "error_code", "detail", "member", "guid",
-     "oauth_window_uri", "error_message"]
-)  # fmt: skip
+    [
+        "error",
+        "errors",
+        "message",
+        "code",
+        "error_code",
+        "detail",
+        "member",
+        "guid",
+        "oauth_window_uri",
+        "error_message",
+    ]
+)
 _mx_docs = st.recursive(
     _json_scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_envelope_keys, inner, max_size=4),
@@ -283,13 +303,26 @@ def test_fuzz_mx_response_mapping_never_raises_unexpectedly(
 
 
 _field_values = (
-    st.none() | st.booleans() | st.integers() | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=12)
     | st.sampled_from(["EXPIRED", "DENIED", "true", "2026-01-01T00:00:00Z", "2026-13-45", "APP"])
-)  # fmt: skip
+)
 _fields = st.sampled_from(
-    ["member_guid", "user_guid", "institution_code", "is_oauth", "connection_status",
-     "oauth_status", "oauth_started_at", "channel", "is_being_aggregated", "bogus"]
-)  # fmt: skip
+    [
+        "member_guid",
+        "user_guid",
+        "institution_code",
+        "is_oauth",
+        "connection_status",
+        "oauth_status",
+        "oauth_started_at",
+        "channel",
+        "is_being_aggregated",
+        "bogus",
+    ]
+)
 _records = st.dictionaries(_fields, _field_values, max_size=8)
 
 

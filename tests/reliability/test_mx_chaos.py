@@ -26,8 +26,8 @@ from tests.reliability.helpers import (
     stream_ids,
     tracebacks,
 )
-from worker.backoff import MIN_DELAY
 from worker.clock import utc_now
+from worker.core.backoff import MIN_DELAY
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.server import RunningSandbox, running_sandbox
 

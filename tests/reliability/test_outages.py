@@ -106,9 +106,12 @@ def test_postgres_connections_killed_mid_run(
     expected = populate(engine, 168, utc_now())
     want = sum(k.notified for k in expected.values())
     env = env_for(
-        sandbox, db_url=pg_url, redis_url=broker_url, REAUTH_MX_MAX_CONCURRENCY="4",
+        sandbox,
+        db_url=pg_url,
+        redis_url=broker_url,
+        REAUTH_MX_MAX_CONCURRENCY="4",
         REAUTH_LOG_LEVEL="INFO",  # Celery logs task retries at INFO
-    )  # fmt: skip
+    )
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     killed = 0
     with celery_worker(env, log_path=tmp_path / "worker.log", concurrency=2):

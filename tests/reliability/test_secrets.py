@@ -45,9 +45,13 @@ LIBRARY_LOGGERS = ("httpx", "httpcore", "aiohttp", "redis", "hpack", "celery", "
 def sandbox() -> Iterator[tuple[RunningSandbox, list[str]]]:
     """A sandbox with some faults (so error paths log too) that records every token it issues."""
     config = SandboxConfig(
-        api_key=API_KEY, latency=0.005, rate_500=0.05, rate_429=0.05, expire_session_every=5,
+        api_key=API_KEY,
+        latency=0.005,
+        rate_500=0.05,
+        rate_429=0.05,
+        expire_session_every=5,
         seed=3,
-    )  # fmt: skip
+    )
     issued: list[str] = []
     with running_sandbox(config) as sb:
         original = sb.sandbox._new_token
@@ -101,9 +105,12 @@ def test_worker_at_debug_logs_no_secret(
     engine = engines(pg_url)
     expected = populate(engine, 56, utc_now())
     env = env_for(
-        sb, db_url=pg_url, redis_url=broker_url, REAUTH_LOG_LEVEL="DEBUG",
+        sb,
+        db_url=pg_url,
+        redis_url=broker_url,
+        REAUTH_LOG_LEVEL="DEBUG",
         REAUTH_MX_API_KEY=API_KEY,
-    )  # fmt: skip
+    )
     log = tmp_path / "worker.log"
     with celery_worker(env, log_path=log), nudger(broker_url) as nudge:
         assert run_cli(env, "scan").returncode == 0
@@ -148,21 +155,28 @@ def test_in_process_pipeline_at_debug_logs_no_secret(
 ) -> None:
     """Scan, regenerate and deliver in this process (both MX APIs, every library logger at
     DEBUG): neither the rendered log nor the raw log records hold a secret."""
-    from worker.delivery import close_sinks, dispatch
-    from worker.pipeline import regenerate_batch
     from worker.runtime import Runtime
-    from worker.scan import run_scan
+    from worker.service.deliver import deliver
+    from worker.service.regenerate import regenerate_batch
+    from worker.service.scan import run_scan
 
     sb, issued = sandbox
     engine = engines(sqlite_url)
     expected = populate(engine, 42, utc_now())
     settings = load_settings(
-        database_url=sqlite_url, mx_api=api, mx_base_url=sb.base_url,
-        mx_sso_base_url=sb.sso_base_url, mx_client_id=DEFAULT_CLIENT_ID, mx_api_key=API_KEY,
-        app_redirect_url=REDIRECT, allowed_redirect_prefixes=[REDIRECT], notify_sink="file",
-        notify_file=str(tmp_path / "out.jsonl"), backoff_base=timedelta(seconds=1),
+        database_url=sqlite_url,
+        mx_api=api,
+        mx_base_url=sb.base_url,
+        mx_sso_base_url=sb.sso_base_url,
+        mx_client_id=DEFAULT_CLIENT_ID,
+        mx_api_key=API_KEY,
+        app_redirect_url=REDIRECT,
+        allowed_redirect_prefixes=[REDIRECT],
+        notify_sink="file",
+        notify_file=str(tmp_path / "out.jsonl"),
+        backoff_base=timedelta(seconds=1),
         backoff_cap=timedelta(seconds=2),
-    )  # fmt: skip
+    )
     rt = Runtime(settings)
     offset = timedelta(0)
 
@@ -171,16 +185,16 @@ def test_in_process_pipeline_at_debug_logs_no_secret(
 
     try:
         for _ in range(12):  # each round jumps past the retry backoff
-            run_scan(rt, lambda ids, owner: regenerate_batch(rt, ids, owner, clock=clock),
-                     clock=clock)  # fmt: skip
-            dispatch(rt, clock=clock, owner="relay")
+            run_scan(
+                rt, lambda ids, owner: regenerate_batch(rt, ids, owner, clock=clock), clock=clock
+            )
+            deliver(rt, clock=clock, owner="relay")
             if settled(engine, expected):
                 break
             offset += timedelta(seconds=10)
         assert settled(engine, expected)
     finally:
         rt.close()
-        close_sinks()
     found = _secrets(issued, engine)
     _assert_clean("the rendered log", debug_capture.getvalue(), found)
     records = "\n".join(f"{r.getMessage()} {r.args!r} {r.__dict__!r}" for r in caplog.records)

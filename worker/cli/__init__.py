@@ -30,14 +30,15 @@ EXIT_USAGE = 2
 
 def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
-    from worker.cli import db, sandbox  # noqa: F401
-
-    for optional in ("ops", "notifications"):
-        try:
-            __import__(f"worker.cli.{optional}")
-        except ModuleNotFoundError as exc:  # a command group still being built
-            if exc.name != f"worker.cli.{optional}":
-                raise
+    from worker.cli import (  # noqa: F401
+        db,
+        inspect,
+        members,
+        notifications,
+        processes,
+        run,
+        sandbox,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from worker import migrate
 from worker.cli import app
-from worker.cli.common import console, print_json, setup
+from worker.cli.output import console, print_json, setup
+from worker.store import migrate
 
 db_app = typer.Typer(help="Database schema: upgrade, downgrade, current revision.")
 app.add_typer(db_app, name="db")

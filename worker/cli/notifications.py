@@ -10,43 +10,28 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
 
 from models.notification import Notification
 from worker.cli import app
-from worker.cli.common import console, print_json, setup
-from worker.config import Settings
-from worker.db import make_engine, session_factory, session_scope
+from worker.cli.output import console, db_session, print_json, setup
+from worker.core.states import NotificationStatus
 from worker.errors import ConfigError, InputError, StorageError
 from worker.logging import fingerprint_uri
-from worker.notify.relay import CANCELED, DEAD, PENDING, SENT
+from worker.store import notifications
 
 notifications_app = typer.Typer(
     help="The notification outbox: list rows, follow the Redis stream, retry dead ones."
 )
 app.add_typer(notifications_app, name="notifications")
 
-STATUSES = (PENDING, SENT, DEAD, CANCELED)
+STATUSES = tuple(s.value for s in NotificationStatus)
 #: Longest single XREAD block, so --timeout and Ctrl-C are honoured promptly.
 MAX_BLOCK_MS = 1000
-
-
-@contextmanager
-def _sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    # A private engine, disposed when the command ends: a CLI run is one short unit of work.
-    engine = make_engine(settings.database_url)
-    try:
-        yield session_factory(engine)
-    finally:
-        engine.dispose()
 
 
 def _redacted(payload: dict[str, Any]) -> dict[str, Any]:
@@ -92,20 +77,12 @@ def list_notifications(
     """List outbox rows, newest first, with counts per status."""
     if status is not None and status not in STATUSES:
         raise InputError(f"--status must be one of {', '.join(STATUSES)}; got {status!r}")
-    settings = setup(quiet=True)
-    n = Notification
-    with _sessions(settings) as sessions, session_scope(sessions) as session:
-        query = select(n).order_by(n.created_at.desc(), n.id).limit(limit)
-        if status is not None:
-            query = query.where(n.status == status)
-        rows = [_row(r) for r in session.scalars(query)]
-        counts = dict.fromkeys(STATUSES, 0)
-        counts.update(
-            {
-                str(s): c
-                for s, c in session.execute(select(n.status, func.count()).group_by(n.status))
-            }
-        )
+    with db_session(setup(quiet=True)) as session:
+        rows = [
+            _row(r)
+            for r in notifications.recent(session, status=status, member_guid=None, limit=limit)
+        ]
+        counts = notifications.counts_by_status(session)
     if json_out:
         print_json({"counts": counts, "notifications": rows})
         return
@@ -153,14 +130,15 @@ def retry_dead(
     --id, every id must exist and be dead, otherwise nothing is changed.
     """
     wanted = _parse_ids(ids or [])
-    settings = setup(quiet=True)
-    n = Notification
-    with _sessions(settings) as sessions, session_scope(sessions) as session:
+    with db_session(setup(quiet=True)) as session:
         if wanted:
-            rows = session.execute(select(n.id, n.status).where(n.id.in_(wanted))).all()
-            found = {row.id: row.status for row in rows}
+            found = notifications.statuses(session, wanted)
             unknown = [str(i) for i in wanted if i not in found]
-            not_dead = [f"{i} ({found[i]})" for i in wanted if i in found and found[i] != DEAD]
+            not_dead = [
+                f"{i} ({found[i]})"
+                for i in wanted
+                if i in found and found[i] != NotificationStatus.DEAD
+            ]
             if unknown or not_dead:
                 problems = []
                 if unknown:
@@ -168,22 +146,7 @@ def retry_dead(
                 if not_dead:
                     problems.append(f"not dead: {', '.join(not_dead)}")
                 raise InputError("nothing changed; " + "; ".join(problems))
-        where = [n.status == DEAD] + ([n.id.in_(wanted)] if wanted else [])
-        revived = list(
-            session.scalars(
-                update(n)
-                .where(*where)
-                .values(
-                    status=PENDING,
-                    attempts=0,
-                    next_attempt_at=None,
-                    claim_owner=None,
-                    claim_expires_at=None,
-                )
-                .returning(n.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
+        revived = notifications.requeue(session, wanted or None)
     revived_ids = sorted(str(i) for i in revived)
     if json_out:
         print_json({"count": len(revived_ids), "retried": revived_ids})

@@ -27,7 +27,7 @@ from worker.errors import ConfigError, SinkError, SinkPermanentError, SinkTransi
 if TYPE_CHECKING:
     from celery import Celery
 
-#: A contract message (``worker.notify.contract.build_message`` output).
+#: A contract message (``worker.core.contract.build_message`` output).
 Message = Mapping[str, Any]
 
 #: Socket timeouts for the broker and stream clients: a hung Redis must fail a batch in seconds,

@@ -21,10 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
-from models import Member
-from worker import repository as repo
-from worker.errors import InputError
-from worker.policy import (
+from worker.core.policy import (
     CONNECTION_STATUSES,
     OAUTH_ERROR_REASONS,
     OAUTH_STATUSES,
@@ -32,23 +29,11 @@ from worker.policy import (
     Update,
     decide,
 )
+from worker.errors import InputError
+from worker.store import decisions, members
 
 #: A longer line is refused without being parsed (a 10 MB line is an error, not a member).
 MAX_LINE_BYTES = 64 * 1024
-#: MX fields an import may set; a change to any of them makes the member due for a look.
-MX_FIELDS = (
-    "user_guid",
-    "user_id",
-    "institution_code",
-    "is_oauth",
-    "connection_status",
-    "oauth_status",
-    "oauth_error_reason",
-    "oauth_started_at",
-    "successfully_aggregated_at",
-    "is_being_aggregated",
-    "channel",
-)
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 
@@ -198,9 +183,12 @@ def parse(data: bytes, fmt: Literal["jsonl", "csv"]) -> Parsed:
             continue
         if row.member_guid in seen:
             out.errors.append(
-                RowError(line, f"duplicate member_guid {row.member_guid!r} (first on line "
-                               f"{seen[row.member_guid]})")
-            )  # fmt: skip
+                RowError(
+                    line,
+                    f"duplicate member_guid {row.member_guid!r} (first on line "
+                    f"{seen[row.member_guid]})",
+                )
+            )
             continue
         seen[row.member_guid] = line
         out.rows.append((line, row))
@@ -296,40 +284,36 @@ class ImportResult:
 def upsert(
     session: Session, rows: list[MemberRow], *, now: datetime, cfg: PolicyConfig
 ) -> ImportResult:
-    """Insert new members and update changed ones (chunked by 1,000)."""
+    """Insert new members and update changed ones (chunked by 1,000).
+
+    A changed member is decided again at once on the new data (any batch holding it loses its
+    claim, so it cannot write a decision taken on the old data): an episode the new state no
+    longer justifies ends here, through the one decision writer.
+    """
     result = ImportResult()
-    closed: list[int] = []
     for start in range(0, len(rows), 1000):
         chunk = rows[start : start + 1000]
-        existing = repo.by_guids(session, [r.member_guid for r in chunk], for_update=True)
+        existing = members.by_guids(session, [r.member_guid for r in chunk], for_update=True)
+        changes: list[decisions.Change] = []
         for row in chunk:
             values = row.model_dump()
             m = existing.get(row.member_guid)
             if m is None:
-                session.add(Member(**values, next_attempt_at=now, reauth_state="idle"))
+                members.add_new(session, values, now=now)
                 result.inserted += 1
                 continue
-            if all(getattr(m, k) == values[k] for k in MX_FIELDS):
+            if not members.set_mx_fields(m, values):
                 result.unchanged += 1
                 continue
-            for k in MX_FIELDS:
-                setattr(m, k, values[k])
             result.updated += 1
-            # A batch holding this member decided on the old data: take its claim away so its
-            # write is skipped, then decide again on the new data.
-            repo.take_over(m)
-            decision = decide(repo.snapshot(m), now, cfg)
+            snap = members.snapshot(m)
+            decision = decide(snap, now, cfg)
             if isinstance(decision, Update):
-                was_open = m.reauth_state in {"pending", "awaiting_user", "gave_up"}
-                columns = repo.fields_to_columns(decision.fields)
-                del columns["last_error"]
-                for col, val in columns.items():
-                    setattr(m, col, val)
-                if was_open and m.reauth_state == "idle":
-                    result.episodes_closed += 1
-                    closed.append(m.id)
+                changes.append(
+                    decisions.Change(m.id, snap.state, decision.fields, keep_last_error=True)
+                )
             else:
-                m.next_attempt_at = now
+                members.make_due(m, now)
         session.flush()
-    repo.cancel_pending(session, closed, now)
+        result.episodes_closed += decisions.apply(session, changes, now=now)
     return result

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from worker.backoff import backoff_delay
+from worker.core.backoff import backoff_delay
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -66,6 +66,16 @@ class State(StrEnum):
 IN_EPISODE = frozenset({State.PENDING, State.AWAITING_USER, State.GAVE_UP})
 #: States MX put the member in; nothing is generated for them.
 TERMINAL = frozenset({State.NOT_OAUTH_CAPABLE, State.GONE})
+
+
+def closes_episode(before: State, after: State) -> bool:
+    """Whether a change from ``before`` to ``after`` ends an open episode.
+
+    The one rule every writer of member state follows: when it holds, the member's claim is
+    revoked and its undelivered reminders are canceled (see ``worker.store.decisions``).
+    """
+    return before in IN_EPISODE and after not in IN_EPISODE
+
 
 #: MX connection statuses that mean "send the user through OAuth again" (mx-api.md section 4:
 #: the end-user-actionable statuses that fit a revoked or expired OAuth token). Overridable with
@@ -211,6 +221,53 @@ class Update:
 
 
 Decision = Generate | Update
+
+
+def link_params(g: Generate) -> dict[str, Any]:
+    """What a link was generated with, stored on its outbox row so that a stale link can be
+    regenerated exactly as it was, without deciding again."""
+    return {
+        "referral_source": g.params.referral_source,
+        "client_redirect_url": g.params.client_redirect_url,
+        "ui_message_webview_url_scheme": g.params.ui_message_webview_url_scheme,
+        "skip_aggregation": g.skip_aggregation,
+        "skip_why": g.skip_why.value,
+    }
+
+
+def regenerate_as_stored(
+    *,
+    reason: Reason,
+    episode: int,
+    episode_started_at: datetime,
+    reminder: int,
+    stored: Mapping[str, Any] | None,
+    channel: Channel,
+    cfg: PolicyConfig,
+    skip_aggregation: bool,
+) -> Generate:
+    """The :class:`Generate` that produced a stored link (rows from before ``link_params``
+    existed fall back to the channel's current parameters)."""
+    if stored:
+        params = ChannelParams(
+            referral_source=str(stored["referral_source"]),
+            client_redirect_url=stored.get("client_redirect_url"),
+            ui_message_webview_url_scheme=stored.get("ui_message_webview_url_scheme"),
+        )
+        skip = bool(stored.get("skip_aggregation", skip_aggregation))
+        why = SkipWhy(stored.get("skip_why", SkipWhy.STALE_DATA.value))
+    else:
+        params, skip, why = channel_params(channel, cfg), skip_aggregation, SkipWhy.STALE_DATA
+    return Generate(
+        reason=reason,
+        episode=episode,
+        episode_started_at=episode_started_at,
+        reminder=reminder,
+        skip_aggregation=skip,
+        skip_why=why,
+        params=params,
+        new_episode=False,
+    )
 
 
 # --- the rules ----------------------------------------------------------------------------------

@@ -24,6 +24,19 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def link_generated_at(payload: dict[str, Any]) -> datetime | None:
+    """When a message's link was generated, or None when that cannot be read (then the link
+    counts as stale: delivering a dead one-time link is worse than delivering it late)."""
+    raw = payload.get("generated_at")
+    if not isinstance(raw, str):
+        return None
+    try:
+        generated = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return generated if generated.tzinfo is not None else None
+
+
 def build_message(
     *,
     notification_id: uuid.UUID,

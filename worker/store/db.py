@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -53,12 +52,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         raise ConfigError(f"REAUTH_DATABASE_URL: cannot use this URL: {exc}") from None
 
 
-@lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    """One engine per URL per process (Celery prefork children build theirs after the fork)."""
-    return make_engine(url)
-
-
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -78,3 +71,19 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def read_only_session(engine: Engine) -> Iterator[Session]:
+    """A session that only reads and never commits.
+
+    On SQLite its transaction is a deferred ``BEGIN``, so a long read (a dry run) never holds
+    the write lock that workers need.
+    """
+    with engine.connect().execution_options(read_only=True) as conn:
+        session = Session(bind=conn)
+        try:
+            yield session
+        finally:
+            session.close()
+            conn.rollback()

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from worker.errors import StorageError
 
 #: The migrations folder beside the ``worker`` package (also inside an installed wheel).
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
@@ -52,7 +52,7 @@ def current(database_url: str) -> str | None:
     """The revision the database is at, or None for an empty database."""
     from alembic.runtime.migration import MigrationContext
 
-    from worker.db import make_engine
+    from worker.store.db import make_engine
 
     engine = make_engine(database_url)
     try:

@@ -1,4 +1,5 @@
-"""Helpers shared by CLI commands: settings, logging, engine, JSON output."""
+"""What every command shares: settings and logging set-up, a runtime, and output (rich for
+people, JSON for machines)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
 from worker.config import Settings, get_settings
-from worker.db import make_engine, session_factory, session_scope
-from worker.logging import configure_logging, register_secret
+from worker.logging import configure_logging, setup_from_settings
+from worker.runtime import Runtime
+from worker.store.db import session_scope
 
 #: Tables stay readable when piped (rich would otherwise wrap at 80 columns).
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -22,25 +25,25 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 def setup(*, quiet: bool = False) -> Settings:
     """Load settings (ConfigError → exit 2 in main) and configure logging once."""
     settings = get_settings()
-    register_secret(settings.mx_api_key.get_secret_value())
-    if settings.webhook_secret is not None:
-        register_secret(settings.webhook_secret.get_secret_value())
-    configure_logging(
-        fmt=settings.log_format.value if settings.log_format else None,
-        level="WARNING" if quiet else settings.log_level,
-    )
+    setup_from_settings(settings, level="WARNING" if quiet else None)
     return settings
+
+
+@contextmanager
+def runtime(settings: Settings, *, inline: bool = False) -> Iterator[Runtime]:
+    """A runtime for one command, closed when it ends."""
+    rt = Runtime(settings, inline=inline)
+    try:
+        yield rt
+    finally:
+        rt.close()
 
 
 @contextmanager
 def db_session(settings: Settings) -> Iterator[Session]:
     """One unit of work on the configured database, for commands that need nothing else."""
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(session_factory(engine)) as session:
-            yield session
-    finally:
-        engine.dispose()
+    with runtime(settings) as rt, session_scope(rt.sessions) as session:
+        yield session
 
 
 def emit(result: Any, json_out: bool) -> None:
@@ -60,3 +63,6 @@ def setup_logging_only(*, level: str) -> None:
     """Re-configure the log level (e.g. a command whose output is a table)."""
     settings = get_settings()
     configure_logging(fmt=settings.log_format.value if settings.log_format else None, level=level)
+
+
+JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON.")

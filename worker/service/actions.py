@@ -1,4 +1,4 @@
-"""Operator actions as plain functions: rerun, oauth-result, status, history, audit.
+"""Operator actions as plain functions: rerun selection, OAuth results, status, history.
 
 The CLI is a thin shell over these. Every state-changing action is recorded in ``ops_actions``
 with its actor, arguments and reason, in the same transaction as the change.
@@ -12,14 +12,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import Attempt, Member, Notification, OpsAction, ScanRun
-from worker import repository as repo
+from models import Member
+from worker.core.policy import (
+    OAUTH_ERROR_REASONS,
+    PolicyConfig,
+    Reason,
+    State,
+    ended_by_oauth_success,
+    reason_for,
+)
 from worker.errors import InputError, UnknownMemberError
-from worker.policy import OAUTH_ERROR_REASONS, Reason, ended_by_oauth_success, reason_for
-from worker.runtime import Runtime
+from worker.store import attempts, audit, decisions, members, notifications
 
 
 def default_actor() -> str:
@@ -30,29 +35,11 @@ def default_actor() -> str:
         return os.environ.get("USER", "unknown")
 
 
-def record(
-    session: Session,
-    *,
-    actor: str,
-    command: str,
-    arguments: dict[str, Any],
-    why: str | None,
-    result: dict[str, Any] | None,
-    now: datetime,
-) -> None:
-    session.add(
-        OpsAction(
-            actor=actor, command=command, arguments=arguments, why=why, result=result,
-            created_at=now,
-        )
-    )  # fmt: skip
-
-
 def members_by_guid(
     session: Session, guids: Sequence[str], *, for_update: bool = False
 ) -> list[Member]:
     """The members named, or :class:`UnknownMemberError` naming every unknown guid."""
-    found = repo.by_guids(session, list(guids), for_update=for_update)
+    found = members.by_guids(session, list(guids), for_update=for_update)
     missing = [g for g in guids if g not in found]
     if missing:
         raise UnknownMemberError(missing)
@@ -60,8 +47,8 @@ def members_by_guid(
 
 
 def select_for_rerun(
-    rt: Runtime,
     session: Session,
+    cfg: PolicyConfig,
     *,
     guids: Sequence[str],
     reason: Reason | None,
@@ -73,15 +60,11 @@ def select_for_rerun(
         return [m.id for m in members_by_guid(session, guids)]
     if reason is None:
         raise InputError("rerun needs member guids or --reason")
-    stmt = select(Member).where(Member.is_oauth.is_(True))
-    if institution:
-        stmt = stmt.where(Member.institution_code == institution)
-    cfg = rt.policy
-    ids = []
-    for m in session.scalars(stmt.execution_options(yield_per=1000)):
-        if reason_for(repo.snapshot(m), now, cfg) is reason:
-            ids.append(m.id)
-    return ids
+    return [
+        m.id
+        for m in members.oauth_members(session, institution=institution)
+        if reason_for(members.snapshot(m), now, cfg) is reason
+    ]
 
 
 def oauth_result(
@@ -107,29 +90,33 @@ def oauth_result(
             raise InputError("--error-reason only goes with --status error")
     (m,) = members_by_guid(session, [member_guid], for_update=True)
     before = {"state": m.reauth_state, "episode": m.episode}
-    # A batch in flight decided on the old state: its write must not land on top of this one.
-    repo.take_over(m)
     if status == "success":
-        m.oauth_status = "SUCCESS"
-        m.oauth_error_reason = None
         # MX aggregates and reconnects the member after a successful OAuth; until an import
         # says otherwise, the member counts as CONNECTED so no new episode opens on old data.
-        m.connection_status = "CONNECTED"
-        for col, val in repo.fields_to_columns(ended_by_oauth_success(repo.snapshot(m))).items():
-            setattr(m, col, val)
-        # Reminders not yet delivered would send a user who just finished back to OAuth.
-        repo.cancel_pending(session, [m.id], now)
+        members.set_mx_fields(
+            m,
+            {
+                "oauth_status": "SUCCESS",
+                "oauth_error_reason": None,
+                "connection_status": "CONNECTED",
+            },
+        )
+        snap = members.snapshot(m)
+        decisions.apply(
+            session, [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap))], now=now
+        )
     else:
-        m.oauth_status = "ERRORED"
-        m.oauth_error_reason = error_reason
-        m.next_attempt_at = now  # let the next scan decide (e.g. CANCELLED → abandoned)
+        members.set_mx_fields(m, {"oauth_status": "ERRORED", "oauth_error_reason": error_reason})
+        # A batch in flight decided on the old state; let the next scan decide again
+        # (e.g. CANCELLED → abandoned).
+        members.make_due(m, now)
     result = {
         "member_guid": m.member_guid,
         "before": before,
         "after": {"state": m.reauth_state, "episode": m.episode},
         "oauth_status": m.oauth_status,
     }
-    record(
+    audit.record_action(
         session,
         actor=actor,
         command="oauth-result",
@@ -143,28 +130,14 @@ def oauth_result(
 
 def status(session: Session) -> dict[str, Any]:
     """Members per state and reason, outbox by status, the last scan, the gave-up count."""
-    by_state = {
-        f"{state}/{reason or '-'}": n
-        for state, reason, n in session.execute(
-            select(Member.reauth_state, Member.reauth_reason, func.count())
-            .group_by(Member.reauth_state, Member.reauth_reason)
-            .order_by(Member.reauth_state, Member.reauth_reason)
-        )
-    }
-    outbox = dict(
-        session.execute(
-            select(Notification.status, func.count()).group_by(Notification.status)
-        ).all()
-    )
-    last = session.scalars(select(ScanRun).order_by(ScanRun.id.desc()).limit(1)).first()
-    gave_up = session.scalar(
-        select(func.count()).select_from(Member).where(Member.reauth_state == "gave_up")
-    )
+    counts = members.counts_by_state(session)
+    by_state = {f"{state}/{reason or '-'}": n for (state, reason), n in counts.items()}
+    last = audit.last_scan(session)
     return {
         "members": by_state,
         "members_total": sum(by_state.values()),
-        "outbox": {k: outbox.get(k, 0) for k in ("pending", "sent", "dead", "canceled")},
-        "gave_up": int(gave_up or 0),
+        "outbox": notifications.counts_by_status(session),
+        "gave_up": sum(n for (state, _), n in counts.items() if state == State.GAVE_UP),
         "last_scan": None
         if last is None
         else {
@@ -182,7 +155,7 @@ def history(session: Session, member_guid: str) -> dict[str, Any]:
     """Attempts, notifications and ops actions of one member, in time order."""
     (m,) = members_by_guid(session, [member_guid])
     events: list[dict[str, Any]] = []
-    for a in session.scalars(select(Attempt).where(Attempt.member_id == m.id)):
+    for a in attempts.for_member(session, m.id):
         events.append(
             {
                 "at": a.created_at,
@@ -200,7 +173,7 @@ def history(session: Session, member_guid: str) -> dict[str, Any]:
                 "latency_ms": a.latency_ms,
             }
         )
-    for n in session.scalars(select(Notification).where(Notification.member_id == m.id)):
+    for n in notifications.for_member(session, m.id):
         events.append(
             {
                 "at": n.created_at,
@@ -212,15 +185,16 @@ def history(session: Session, member_guid: str) -> dict[str, Any]:
                 "sent_at": n.sent_at,
             }
         )
-    for o in session.scalars(select(OpsAction).order_by(OpsAction.id)):
-        args = o.arguments or {}
-        if member_guid in (args.get("member_guids") or []) or args.get("member_guid") == (
-            member_guid
-        ):
-            events.append(
-                {"at": o.created_at, "kind": "ops", "command": o.command, "actor": o.actor,
-                 "why": o.why}
-            )  # fmt: skip
+    for o in audit.actions_naming(session, member_guid):
+        events.append(
+            {
+                "at": o.created_at,
+                "kind": "ops",
+                "command": o.command,
+                "actor": o.actor,
+                "why": o.why,
+            }
+        )
     events.sort(key=lambda e: e["at"])
     return {
         "member": {

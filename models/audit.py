@@ -43,3 +43,5 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime]
+    #: Why the lock is held, for people (e.g. the configuration error that paused MX calls).
+    note: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,118 @@
+"""The Celery application: reliability settings, beat schedule, logging and context hooks.
+
+Late acks plus reject-on-worker-lost so a killed
+worker's message is redelivered (our tasks are idempotent), prefetch 1, a hard time limit well
+below the Redis visibility timeout (set in all three places kombu reads it), JSON only, no result
+backend. ``celery -A worker.celery_app worker`` and ``reauth worker`` start the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from worker.config import get_settings
+
+#: Explicit, stable task names (messages in flight outlive code refactors).
+SCAN_TASK = "reauth.scan"
+REGENERATE_TASK = "reauth.regenerate"
+DELIVER_TASK = "reauth.dispatch_notifications"
+#: Queue of this service's own tasks.
+QUEUE = "reauth"
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    broker = settings.broker_url or "memory://"
+    app = Celery("reauth", broker=broker, include=["worker.app.tasks"])
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(settings.task_time_limit - 10, 1),
+        # Kombu sweeps for unacked messages past the visibility timeout only on every 10th
+        # restore tick (10 s apart), so a killed worker's batch came back up to 100 s *after*
+        # the timeout. Sweep on every tick.
+        broker_transport_options={**transport, "unacked_restore_throttle": 1},
+        result_backend_transport_options=transport,
+        visibility_timeout=settings.visibility_timeout,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        task_default_queue=QUEUE,
+        task_routes={"reauth.*": {"queue": QUEUE}},
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "reauth-scan": {
+                "task": SCAN_TASK,
+                "schedule": settings.scan_interval.total_seconds(),
+                "kwargs": {"trigger": "beat"},
+                # A scan older than one interval is pointless: the next one is coming.
+                "options": {"expires": settings.scan_interval.total_seconds()},
+            },
+            "reauth-dispatch-sweeper": {
+                "task": DELIVER_TASK,
+                "schedule": 30.0,
+                "options": {"expires": 30.0},
+            },
+        },
+    )
+    return app
+
+
+app = create_app()
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Route Celery's own logs through structlog's pipeline instead of Celery's formatter.
+    from worker.logging import setup_from_settings
+
+    setup_from_settings(get_settings())
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    from worker.logging import bind_context, clear_context
+
+    clear_context()
+    bind_context(task_id=task_id, task_name=getattr(task, "name", None))
+
+
+@signals.task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    from worker.logging import clear_context
+
+    clear_context()
+
+
+@signals.worker_process_shutdown.connect
+def _close_runtime(pid: int | None = None, **_: Any) -> None:
+    import os
+
+    from worker.app.tasks import PROCESS
+
+    PROCESS.close()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    from worker import metrics
+
+    port = get_settings().metrics_port
+    if port:
+        metrics.serve(port)

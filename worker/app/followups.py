@@ -1,0 +1,109 @@
+"""Follow-up strategies: how a finished step hands work on.
+
+:class:`CeleryFollowups` sends task messages (the worker's way); :class:`InlineFollowups` calls
+the same job functions in this process (``--inline`` CLI runs, the demo, tests). The runtime
+picks one when it is built (``Runtime(inline=...)``); nothing swaps them later.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from worker.clock import utc_now
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+#: Redis key meaning "a relay task is queued and has not started yet".
+DELIVER_QUEUED_KEY = "reauth:dispatch:queued"
+
+
+class Followups(Protocol):
+    def regenerate(self, ids: list[int], owner: str, *, force: bool, trigger: str) -> None:
+        """Process a claimed batch of members."""
+
+    def deliver(self) -> None:
+        """Deliver pending outbox rows (after a batch committed some)."""
+
+    def delivery_started(self) -> None:
+        """A delivery pass is starting (it will see every row committed before now)."""
+
+    def close(self) -> None: ...
+
+
+class CeleryFollowups:
+    """Hand work on as Celery messages; coalesce relay tasks through a Redis flag."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._redis_url = rt.settings.redis_url
+        self._client: Any = None
+
+    def regenerate(self, ids: list[int], owner: str, *, force: bool, trigger: str) -> None:
+        from worker.app.celery_app import REGENERATE_TASK, app
+
+        app.send_task(
+            REGENERATE_TASK, args=[ids, owner], kwargs={"force": force, "trigger": trigger}
+        )
+
+    def deliver(self) -> None:
+        # Coalesce: while a relay task is queued and not yet started, later batches need not
+        # queue another; it will see their rows. The relay clears the flag when it starts, so a
+        # commit after that queues a fresh one. Without Redis, or if Redis fails, always queue.
+        if self._flag(set_it=True):
+            from worker.app.celery_app import DELIVER_TASK, app
+
+            app.send_task(DELIVER_TASK)
+
+    def delivery_started(self) -> None:
+        self._flag(set_it=False)
+
+    def _flag(self, *, set_it: bool) -> bool:
+        """Set (True when we set it, i.e. nobody else had) or clear the relay-queued flag."""
+        import redis
+
+        if self._redis_url is None:
+            return True
+        try:
+            if self._client is None:
+                self._client = redis.Redis.from_url(
+                    self._redis_url, socket_timeout=2, socket_connect_timeout=2
+                )
+            if set_it:
+                # Expires so that a lost task message cannot block relays for more than a minute.
+                return bool(self._client.set(DELIVER_QUEUED_KEY, 1, nx=True, ex=60))
+            self._client.delete(DELIVER_QUEUED_KEY)
+        except (redis.RedisError, OSError) as exc:  # Redis trouble: fall back to always queueing
+            log.warning("dispatch_flag_unavailable", error=type(exc).__name__)
+        return True
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class InlineFollowups:
+    """Run follow-ups at once, in this process, through the same job functions as the tasks."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def regenerate(self, ids: list[int], owner: str, *, force: bool, trigger: str) -> None:
+        from worker.app import jobs
+
+        jobs.regenerate(self._rt, ids, owner, force=force, trigger=trigger, clock=utc_now)
+
+    def deliver(self) -> None:
+        from worker.app import jobs
+
+        jobs.deliver(self._rt, owner="inline", clock=utc_now)
+
+    def delivery_started(self) -> None:
+        """Nothing to clear: inline delivery is not queued."""
+
+    def close(self) -> None:
+        """Holds nothing."""

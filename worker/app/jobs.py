@@ -1,0 +1,63 @@
+"""The job bodies: what each task does, as functions of an explicit runtime.
+
+The Celery tasks (:mod:`worker.app.tasks`) and the inline follow-ups call these, so an inline
+run goes through exactly the code a worker runs. Each job calls one service and hands work on
+through ``rt.followups`` only after the service has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from worker import failpoints
+from worker.core.policy import Reason
+from worker.runtime import Runtime
+from worker.service import deliver as delivery
+from worker.service.regenerate import BatchResult, regenerate_batch
+from worker.service.scan import ScanResult, run_scan
+
+Clock = Callable[[], datetime]
+
+
+def scan(
+    rt: Runtime,
+    *,
+    clock: Clock,
+    trigger: str = "beat",
+    limit: int | None = None,
+    reason: Reason | None = None,
+) -> ScanResult:
+    """Claim due members; each claimed page becomes one regenerate batch."""
+
+    def hand_on(ids: list[int], owner: str) -> None:
+        rt.followups.regenerate(ids, owner, force=False, trigger="scan")
+
+    return run_scan(rt, hand_on, clock=clock, trigger=trigger, limit=limit, reason=reason)
+
+
+def regenerate(
+    rt: Runtime,
+    ids: list[int],
+    owner: str,
+    *,
+    clock: Clock,
+    force: bool = False,
+    trigger: str = "scan",
+    task_id: str | None = None,
+) -> BatchResult:
+    """Generate fresh URIs for a claimed batch; start a delivery when it queued notifications."""
+    result = regenerate_batch(
+        rt, ids, owner, clock=clock, force=force, trigger=trigger, task_id=task_id
+    )
+    failpoints.hit("after_commit")
+    if result.notifications:
+        rt.followups.deliver()
+    return result
+
+
+def deliver(rt: Runtime, *, owner: str, clock: Clock) -> dict[str, Any]:
+    """One delivery pass over the outbox (after batch commits, and on beat as a sweeper)."""
+    rt.followups.delivery_started()
+    return delivery.deliver(rt, clock=clock, owner=owner)

@@ -1,0 +1,1 @@
+"""The pure core: policy, backoff, the message contract. Imports no IO library."""

@@ -1,0 +1,273 @@
+"""The ``notifications`` table (the transactional outbox): insert, claim, mark, cancel, list.
+
+Rows are written in the same transaction as the URI they carry (:func:`insert`, idempotent on
+the unique ``idempotency_key``), leased to one relay at a time (:mod:`worker.store.leases`) and
+marked sent, retried or dead. Never commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from models import Member, Notification
+from worker.core.contract import link_generated_at
+from worker.core.states import NotificationStatus as NS
+from worker.store import leases
+
+N = Notification
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An outbox row leased to a relay: what it needs to deliver it."""
+
+    id: uuid.UUID
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StaleLink:
+    """A pending row whose link must be regenerated before delivery, with its member."""
+
+    id: uuid.UUID
+    payload: dict[str, Any]
+    link_params: dict[str, Any] | None
+    member: Member
+
+
+def existing_keys(session: Session, keys: Iterable[str]) -> set[str]:
+    """Which idempotency keys already have an outbox row."""
+    keys = list(keys)
+    if not keys:
+        return set()
+    return set(session.scalars(select(N.idempotency_key).where(N.idempotency_key.in_(keys))))
+
+
+def insert(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert outbox rows; a row whose idempotency key exists is skipped, never duplicated."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    ins = pg_insert(N) if dialect == "postgresql" else sqlite_insert(N)
+    stmt = ins.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(N.id)
+    # RETURNING yields only the rows actually inserted: skipped duplicates are not counted.
+    return len(session.execute(stmt, rows).all())
+
+
+def cancel_pending(session: Session, member_ids: Iterable[int], now: datetime) -> int:
+    """Cancel undelivered notifications of members whose episode ended."""
+    ids = list(member_ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        update(N)
+        .where(N.member_id.in_(ids), N.status == NS.PENDING)
+        .values(
+            status=NS.CANCELED,
+            last_error="episode ended before delivery",
+            updated_at=now,
+            claim_owner=None,
+            claim_expires_at=None,
+            next_attempt_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- the relay ---------------------------------------------------------------------------------
+
+
+def _due(now: datetime) -> Any:
+    return and_(
+        N.status == NS.PENDING,
+        or_(N.next_attempt_at.is_(None), N.next_attempt_at <= now),
+        leases.is_free(N, now),
+    )
+
+
+def claim_due(
+    session: Session, *, now: datetime, owner: str, lease: timedelta, limit: int
+) -> list[Claimed]:
+    """Lease up to ``limit`` due pending rows, oldest first."""
+    rows = leases.claim(
+        session,
+        N,
+        where=_due(now),
+        order_by=(N.created_at, N.id),
+        owner=owner,
+        until=now + lease,
+        limit=limit,
+        returning=(N.id, N.payload, N.attempts, N.created_at),
+    )
+    # RETURNING has no order; deliver oldest first like the claim chose them.
+    ordered = sorted(rows, key=lambda row: (row.created_at, str(row.id)))
+    return [Claimed(row.id, dict(row.payload), row.attempts) for row in ordered]
+
+
+def claim_stale(
+    session: Session,
+    *,
+    now: datetime,
+    older_than: datetime,
+    owner: str,
+    lease: timedelta,
+    limit: int,
+) -> list[StaleLink]:
+    """Lease pending rows whose link was generated before ``older_than``, with their members.
+
+    Rows carry their link's age in ``payload.generated_at``; JSON is not indexable portably, so
+    this reads the due pending rows (a small set: the outbox drains within seconds) and filters.
+    """
+    candidates = session.execute(
+        select(N.id, N.payload).where(_due(now)).order_by(N.created_at, N.id).limit(limit * 4)
+    ).all()
+    stale = [row.id for row in candidates if _older(row.payload, older_than)][:limit]
+    if not stale:
+        return []
+    taken = leases.claim(
+        session,
+        N,
+        where=and_(N.id.in_(stale), _due(now)),
+        order_by=(N.created_at, N.id),
+        owner=owner,
+        until=now + lease,
+        limit=limit,
+        returning=(N.id,),
+    )
+    ids = [row.id for row in taken]
+    rows = session.execute(
+        select(N.id, N.payload, N.link_params, Member)
+        .join(Member, Member.id == N.member_id)
+        .where(N.id.in_(ids))
+        .order_by(N.created_at, N.id)
+    ).all()
+    return [StaleLink(r.id, dict(r.payload), r.link_params, r.Member) for r in rows]
+
+
+def _older(payload: dict[str, Any], older_than: datetime) -> bool:
+    at = link_generated_at(payload)
+    return at is None or at < older_than
+
+
+def replace_link(
+    session: Session, notification_id: uuid.UUID, owner: str, *, payload: dict[str, Any]
+) -> bool:
+    """Store a regenerated link's payload on a row ``owner`` still holds (and release it)."""
+    result = session.execute(
+        update(N)
+        .where(N.id == notification_id, N.claim_owner == owner, N.status == NS.PENDING)
+        .values(payload=payload, claim_owner=None, claim_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release(session: Session, ids: Iterable[uuid.UUID], owner: str, **values: Any) -> int:
+    """Give leases back (``values`` are set on the way, e.g. ``next_attempt_at``)."""
+    return leases.release(session, N, ids, owner, **values)
+
+
+def renew(session: Session, ids: Iterable[uuid.UUID], owner: str, *, until: datetime) -> int:
+    """Heartbeat for rows a relay is still delivering."""
+    return leases.renew(session, N, ids, owner, until=until)
+
+
+def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None:
+    """Not filtered on the owner: the message did go out, whoever holds the claim now."""
+    if ids:
+        session.execute(
+            update(N)
+            .where(N.id.in_(ids), N.status == NS.PENDING)
+            .values(
+                status=NS.SENT,
+                sent_at=now,
+                claim_owner=None,
+                claim_expires_at=None,
+                next_attempt_at=None,
+                last_error=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
+def held_rows(session: Session, ids: Iterable[uuid.UUID], owner: str) -> list[Notification]:
+    """Pending rows ``owner`` still holds, as objects to update (failed deliveries)."""
+    ids = list(ids)
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(N).where(N.id.in_(ids), N.status == NS.PENDING, N.claim_owner == owner)
+        )
+    )
+
+
+# --- reading for people -----------------------------------------------------------------------
+
+
+def backlog(session: Session) -> int:
+    return int(
+        session.scalar(select(func.count()).select_from(N).where(N.status == NS.PENDING)) or 0
+    )
+
+
+def counts_by_status(session: Session) -> dict[str, int]:
+    found = dict(session.execute(select(N.status, func.count()).group_by(N.status)).all())
+    return {s.value: int(found.get(s.value, 0)) for s in NS}
+
+
+def recent(
+    session: Session, *, status: str | None, member_guid: str | None, limit: int
+) -> list[Notification]:
+    query = select(N).order_by(N.created_at.desc(), N.id).limit(limit)
+    if status is not None:
+        query = query.where(N.status == status)
+    if member_guid is not None:
+        query = query.join(Member, Member.id == N.member_id).where(
+            Member.member_guid == member_guid
+        )
+    return list(session.scalars(query))
+
+
+def statuses(session: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    return dict(session.execute(select(N.id, N.status).where(N.id.in_(ids))).all())
+
+
+def requeue(session: Session, ids: Sequence[uuid.UUID] | None) -> list[uuid.UUID]:
+    """Dead rows (all, or those of ``ids``) back to pending with a fresh attempt budget."""
+    where = [N.status == NS.DEAD] + ([N.id.in_(ids)] if ids else [])
+    return list(
+        session.scalars(
+            update(N)
+            .where(*where)
+            .values(
+                status=NS.PENDING,
+                attempts=0,
+                next_attempt_at=None,
+                claim_owner=None,
+                claim_expires_at=None,
+            )
+            .returning(N.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def for_member(session: Session, member_id: int) -> list[Notification]:
+    return list(session.scalars(select(N).where(N.member_id == member_id)))
+
+
+def created_since(session: Session, at: datetime) -> int:
+    return int(session.scalar(select(func.count()).select_from(N).where(N.created_at >= at)) or 0)
