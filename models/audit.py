@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigId, _utcnow
@@ -35,6 +35,8 @@ class ScanRun(Base):
     claimed: Mapped[int] = mapped_column(Integer, default=0)
     batches: Mapped[int] = mapped_column(Integer, default=0)
     skipped_lock: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Stopped by Ctrl-C or shutdown before it finished (its claims were released).
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Lock(Base):

@@ -177,3 +177,31 @@ def runtime(db_url: str, sandbox: RunningSandbox) -> Iterator[Runtime]:
     rt = Runtime(make_settings(db_url, sandbox), inline=True)
     yield rt
     rt.close()
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(db_url: str, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> str:
+    """REAUTH_* variables for an in-process CLI run on ``db_url`` against the sandbox."""
+    from tests.pipeline_helpers import REDIRECT, SCHEME
+    from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
+
+    for key, value in {
+        "REAUTH_DATABASE_URL": db_url,
+        "REAUTH_MX_BASE_URL": sandbox.base_url,
+        "REAUTH_MX_SSO_BASE_URL": sandbox.sso_base_url,
+        "REAUTH_MX_CLIENT_ID": DEFAULT_CLIENT_ID,
+        "REAUTH_MX_API_KEY": DEFAULT_API_KEY,
+        "REAUTH_APP_REDIRECT_URL": REDIRECT,
+        "REAUTH_APP_URL_SCHEME": SCHEME,
+        "REAUTH_ALLOWED_REDIRECT_PREFIXES": REDIRECT,
+        "REAUTH_NOTIFY_SINK": "file",
+        "REAUTH_LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(key, value)
+    from worker.config import get_settings
+
+    get_settings.cache_clear()
+    return db_url

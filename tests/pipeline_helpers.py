@@ -3,10 +3,12 @@ used as the oracle by the pipeline and end-to-end tests."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, insert, select
 
 from models import Member, Notification
@@ -239,3 +241,19 @@ def scan_now(rt: Runtime, *, reason: str | None = None, **kwargs: Any) -> dict[s
 
     result = jobs.scan(rt, clock=utc_now, reason=Reason(reason) if reason else None, **kwargs)
     return result.as_dict()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    """Run the CLI in process; returns (exit code, parsed --json output or text)."""
+    from worker.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    try:
+        return code, json.loads(out.out)
+    except json.JSONDecodeError:
+        return code, out.out + out.err

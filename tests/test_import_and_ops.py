@@ -10,10 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from models import Attempt, Member, Notification, OpsAction
-from tests.pipeline_helpers import REDIRECT, SCHEME
-from worker.cli import main
-from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
-from worker.sandbox.server import RunningSandbox
+from tests.pipeline_helpers import cli
 from worker.service.importer import MAX_LINE_BYTES, parse
 from worker.store.db import make_engine
 
@@ -87,41 +84,6 @@ def test_csv_parsing() -> None:
 
 
 # --- the CLI ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def env(db_url: str, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in {
-        "REAUTH_DATABASE_URL": db_url,
-        "REAUTH_MX_BASE_URL": sandbox.base_url,
-        "REAUTH_MX_SSO_BASE_URL": sandbox.sso_base_url,
-        "REAUTH_MX_CLIENT_ID": DEFAULT_CLIENT_ID,
-        "REAUTH_MX_API_KEY": DEFAULT_API_KEY,
-        "REAUTH_APP_REDIRECT_URL": REDIRECT,
-        "REAUTH_APP_URL_SCHEME": SCHEME,
-        "REAUTH_ALLOWED_REDIRECT_PREFIXES": REDIRECT,
-        "REAUTH_NOTIFY_SINK": "file",
-        "REAUTH_LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
-    from worker.config import get_settings
-
-    get_settings.cache_clear()
-    return db_url
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
-    """Run the CLI in process; returns (exit code, parsed --json output or text)."""
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    try:
-        return code, json.loads(out.out)
-    except json.JSONDecodeError:
-        return code, out.out + out.err
 
 
 def _count(url: str, model: Any, *where: Any) -> int:

@@ -1,4 +1,5 @@
-"""Outbox rows keep what their link was generated with; lock rows get a note for people.
+"""Outbox rows keep what their link was generated with; lock rows get a note for people;
+scan runs say whether they were interrupted.
 
 Revision ID: c3d4e5f6a7b8
 Revises: b7c1d2e3f4a5
@@ -21,9 +22,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("link_params", sa.JSON(), nullable=True))
     with op.batch_alter_table("locks") as batch:
         batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+    with op.batch_alter_table("scan_runs") as batch:
+        batch.add_column(
+            sa.Column("interrupted", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("scan_runs") as batch:
+        batch.drop_column("interrupted")
     with op.batch_alter_table("locks") as batch:
         batch.drop_column("note")
     with op.batch_alter_table("notifications") as batch:

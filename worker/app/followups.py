@@ -7,6 +7,7 @@ picks one when it is built (``Runtime(inline=...)``); nothing swaps them later.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -91,11 +92,17 @@ class InlineFollowups:
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
+        #: Outcome counts of every batch run so far, so an inline command can tell whether it
+        #: did useful work (``reauth scan --inline`` exits non-zero when a fault stopped it).
+        self.outcomes: Counter[str] = Counter()
+        self.configuration_error: str | None = None
 
     def regenerate(self, ids: list[int], owner: str, *, force: bool, trigger: str) -> None:
         from worker.app import jobs
 
-        jobs.regenerate(self._rt, ids, owner, force=force, trigger=trigger, clock=utc_now)
+        result = jobs.regenerate(self._rt, ids, owner, force=force, trigger=trigger, clock=utc_now)
+        self.outcomes.update(result.outcomes)
+        self.configuration_error = result.configuration_error or self.configuration_error
 
     def deliver(self) -> None:
         from worker.app import jobs

@@ -8,10 +8,11 @@ a traceback. Commands that print data accept ``--json``.
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
-from rich.console import Console
 
+from worker.cli.output import err_console, safe
 from worker.errors import ConfigError, InputError, ReauthError
 
 app = typer.Typer(
@@ -21,11 +22,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True, highlight=False)
 
 #: Exit codes: usage and configuration errors are 2 (like argparse), other failures 1.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 def _register() -> None:
@@ -41,6 +43,45 @@ def _register() -> None:
     )
 
 
+def _fail(message: str, code: int) -> NoReturn:
+    err_console.print("error: ", style="bold red", end="")
+    err_console.print(safe(message))
+    sys.exit(code)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage errors: typer raises those of its own copy of click, not the installed one."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:  # a typer that uses the installed click
+        pass
+    else:
+        kinds.append(vendored.ClickException)
+    return tuple(kinds)
+
+
+def _library_error(exc: Exception) -> str | None:
+    """One line for an outage met outside a service boundary (database, Redis, broker)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from worker.store.db import storage_error
+
+    if isinstance(exc, DBAPIError):
+        return str(storage_error(exc))
+    import redis
+
+    if isinstance(exc, redis.RedisError):
+        return f"redis (REAUTH_REDIS_URL) failed: {type(exc).__name__}: {exc}"
+    from kombu.exceptions import OperationalError as BrokerError
+
+    if isinstance(exc, BrokerError):
+        return f"broker (REAUTH_BROKER_URL) unreachable: {exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     _register()
@@ -49,24 +90,20 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(EXIT_USAGE)
-    except InputError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(EXIT_USAGE)
+    except (ConfigError, InputError) as exc:
+        _fail(str(exc), EXIT_USAGE)
     except ReauthError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(EXIT_FAILURE)
+        _fail(str(exc), EXIT_FAILURE)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(EXIT_FAILURE)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        if isinstance(exc, _usage_errors()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        message = _library_error(exc)
+        if message is None:
+            raise
+        _fail(message, EXIT_FAILURE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from worker.cli import app
-from worker.cli.output import console, print_json, setup
+from worker.cli.output import console, print_json, safe, setup
 from worker.store import migrate
 
 db_app = typer.Typer(help="Database schema: upgrade, downgrade, current revision.")
@@ -24,7 +24,7 @@ def _report(url: str, json_out: bool) -> None:
     if json_out:
         print_json({"database": _backend(url), "revision": rev})
     else:
-        console.print(f"database [bold]{_backend(url)}[/] at revision {rev}")
+        console.print(f"database {safe(_backend(url))} at revision {rev}")
 
 
 @db_app.command("upgrade")

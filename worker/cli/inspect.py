@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from worker.cli import app
-from worker.cli.output import JSON_OPT, console, db_session, print_json, setup
+from worker.cli.output import JSON_OPT, console, db_session, print_json, safe, setup
 
 
 @app.command("status")
@@ -23,7 +23,7 @@ def status(json_out: bool = JSON_OPT) -> None:
     table.add_column("state/reason")
     table.add_column("count", justify="right")
     for key, n in result["members"].items():
-        table.add_row(key, str(n))
+        table.add_row(safe(key), str(n))
     console.print(table)
     console.print(f"outbox: {result['outbox']}")
     console.print(f"gave up: {result['gave_up']}")
@@ -41,10 +41,10 @@ def history(member_guid: str = typer.Argument(...), json_out: bool = JSON_OPT) -
         print_json(result)
         return
     console.print(result["member"])
-    table = Table(title=f"history of {member_guid}")
+    table = Table(title=f"history of {safe(member_guid)}")
     for col in ("at", "kind", "details"):
         table.add_column(col)
     for e in result["events"]:
         details = ", ".join(f"{k}={v}" for k, v in e.items() if k not in {"at", "kind"})
-        table.add_row(str(e["at"]), e["kind"], details)
+        table.add_row(str(e["at"]), e["kind"], safe(details))
     console.print(table)

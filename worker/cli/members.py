@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from worker.cli import app
-from worker.cli.output import JSON_OPT, console, print_json, runtime, setup
+from worker.cli.output import JSON_OPT, console, print_json, runtime, safe, setup
 from worker.clock import utc_now
 from worker.errors import InputError
 from worker.store.db import session_scope
@@ -52,7 +52,7 @@ def import_members(
         print_json(result.as_dict())
     else:
         for err in result.errors:
-            console.print(f"[red]{file}:{err.line}[/]: {err.message}")
+            console.print(f"{safe(file)}:{err.line}: {safe(err.message)}", style="red")
         verb = "wrote" if result.written else "wrote nothing (--strict)"
         console.print(
             f"{verb}: {result.inserted} inserted, {result.updated} updated, "

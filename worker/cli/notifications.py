@@ -18,7 +18,7 @@ from rich.table import Table
 
 from models.notification import Notification
 from worker.cli import app
-from worker.cli.output import console, db_session, print_json, setup
+from worker.cli.output import console, db_session, print_json, safe, setup
 from worker.core.states import NotificationStatus
 from worker.errors import ConfigError, InputError, StorageError
 from worker.logging import fingerprint_uri
@@ -94,11 +94,11 @@ def list_notifications(
             r["id"],
             r["status"],
             str(r["attempts"]),
-            str(r["member_guid"]),
+            safe(r["member_guid"]),
             f"{r['episode']}/{r['reminder']}",
             r["created_at"] or "",
             r["next_attempt_at"] or r["sent_at"] or "",
-            r["last_error"] or "",
+            safe(r["last_error"] or ""),
         )
     console.print(table)
     console.print(", ".join(f"{s}: {c}" for s, c in counts.items()))
@@ -219,7 +219,9 @@ def _print_entry(entry_id: str, fields: dict[bytes, bytes], *, json_out: bool) -
         print(json.dumps({"stream_id": entry_id, **shown}, sort_keys=True), flush=True)
         return
     console.print(
-        f"{entry_id}  {shown.get('id')}  member={shown.get('member_guid')} "
-        f"reason={shown.get('reason')} ep/rem={shown.get('episode')}/{shown.get('reminder')} "
-        f"channel={shown.get('channel')} link={shown.get('oauth_window_uri')}"
+        safe(
+            f"{entry_id}  {shown.get('id')}  member={shown.get('member_guid')} "
+            f"reason={shown.get('reason')} ep/rem={shown.get('episode')}/{shown.get('reminder')} "
+            f"channel={shown.get('channel')} link={shown.get('oauth_window_uri')}"
+        )
     )

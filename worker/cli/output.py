@@ -4,6 +4,7 @@ people, JSON for machines)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +19,19 @@ from worker.logging import configure_logging, setup_from_settings
 from worker.runtime import Runtime
 from worker.store.db import session_scope
 
-#: Tables stay readable when piped (rich would otherwise wrap at 80 columns).
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+#: Tables stay readable when piped (rich would otherwise wrap at 80 columns). Markup is off:
+#: data (a guid, a --why) printed here must never be read as ``[link=...]`` or ``[/]``; styles
+#: are passed as ``style=`` instead.
+console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, highlight=False, markup=False)
+#: C0 and C1 control characters (ANSI escapes among them) but tab and newline.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe(value: object) -> str:
+    """``value`` as text fit for a terminal: control characters (an ANSI escape in a guid, a
+    carriage return in a --why) are replaced, so data can never drive the terminal."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", str(value))
 
 
 def setup(*, quiet: bool = False) -> Settings:

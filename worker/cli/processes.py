@@ -97,10 +97,10 @@ def demo(json_out: bool = JSON_OPT) -> None:
     console.print(table)
     summary = result["summary"]
     console.print(
-        f"[bold]summary[/]: {summary['members']} members ({summary['members_seeded_now']} seeded "
+        f"summary: {summary['members']} members ({summary['members_seeded_now']} seeded "
         f"now); scan claimed {summary['scan']['claimed']} in {summary['scan']['batches']} "
         f"batch(es); {summary['mx_calls']} MX calls; "
-        f"[bold]{summary['notifications_created_now']} new notifications[/] this run; "
+        f"{summary['notifications_created_now']} new notifications this run; "
         f"outbox {summary['outbox']}"
     )
     for name, value in result["backends"].items():

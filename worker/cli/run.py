@@ -10,11 +10,20 @@ import typer
 from rich.table import Table
 
 from worker.cli import app
-from worker.cli.output import JSON_OPT, console, db_session, emit, print_json, runtime, setup
+from worker.cli.output import (
+    JSON_OPT,
+    console,
+    db_session,
+    emit,
+    print_json,
+    runtime,
+    safe,
+    setup,
+)
 from worker.clock import utc_now
 from worker.config import Settings
 from worker.core.policy import Reason
-from worker.errors import ConfigError, InputError
+from worker.errors import ConfigError, InputError, ReauthError
 from worker.store.db import session_scope
 
 
@@ -67,6 +76,10 @@ def scan(
 
         with runtime(settings, inline=True) as rt:
             result = jobs.scan(rt, clock=utc_now, trigger="cli", limit=limit, reason=want).as_dict()
+            fault = _fault(result, rt.followups)
+        if fault is not None:
+            emit(result, json_out)
+            raise ReauthError(fault)
     else:
         from worker.app.tasks import scan as scan_task
 
@@ -75,6 +88,32 @@ def scan(
         )
         result = {"enqueued": True}
     emit(result, json_out)
+
+
+def _fault(result: dict[str, Any], followups: object) -> str | None:
+    """Why an inline scan did no useful work because of a fault, or None when it did some."""
+    from worker.app.followups import InlineFollowups
+
+    if result.get("paused"):
+        return f"MX calls are paused: {result['paused']}"
+    if not isinstance(followups, InlineFollowups) or not result.get("claimed"):
+        return None
+    outcomes = followups.outcomes
+    # MX answered something about a member (even "gone"): the scan did reach MX. Members that
+    # needed no call say nothing either way.
+    answered = ("success", "duplicate", "not_oauth_capable", "member_not_found", "bad_request")
+    useful = sum(outcomes[k] for k in answered)
+    if useful:
+        return None
+    if followups.configuration_error:
+        return f"no member processed: {followups.configuration_error}"
+    failed = outcomes["transient"] + outcomes["paused"] + outcomes["skipped"]
+    if failed:
+        return (
+            f"no member processed: {failed} of {result['claimed']} failed transiently "
+            "(MX, Redis or the network; see the log and `reauth history MEMBER`)"
+        )
+    return None
 
 
 def _print_plan(rows: list[Any], json_out: bool) -> None:
@@ -96,7 +135,7 @@ def _print_plan(rows: list[Any], json_out: bool) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r.member_guid,
+            safe(r.member_guid),
             r.reason or "-",
             r.action,
             str(r.episode),

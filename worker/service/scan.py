@@ -41,6 +41,7 @@ class ScanResult:
     batches: int = 0
     duration_s: float = 0.0
     due_at_start: int = 0
+    interrupted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class ScanResult:
             "batches": self.batches,
             "duration_s": round(self.duration_s, 3),
             "due_at_start": self.due_at_start,
+            "interrupted": self.interrupted,
         }
 
 
@@ -82,41 +84,70 @@ def run_scan(
             _record(rt, result, trigger=trigger, started=now, clock=clock)
             return result
         metrics.MEMBERS_DUE.set(result.due_at_start)
-        after: tuple[datetime, int] | None = None
-        size = rt.settings.batch_size
-        while limit is None or result.claimed < limit:
-            want = size if limit is None else min(size, limit - result.claimed)
-            owner = leases.new_owner()
-            with session_scope(rt.sessions) as s:
-                if reason is None:
-                    page = members.claim_due(
-                        s,
-                        now=now,
-                        owner=owner,
-                        lease=rt.settings.claim_lease,
-                        limit=want,
-                        after=after,
-                    )
-                    ids, after = page.ids, page.last
-                else:
-                    ids, after, exhausted = _claim_for_reason(
-                        rt, s, now=now, owner=owner, want=want, after=after, reason=reason
-                    )
-                    if not ids and not exhausted:
-                        continue
-            if not ids:
-                break
-            failpoints.hit("after_claim")
-            hand_on(ids, owner)
-            result.claimed += len(ids)
-            result.batches += 1
-            if after is None:
-                break
+        try:
+            _claim_pages(rt, hand_on, now=now, limit=limit, reason=reason, result=result)
+        except KeyboardInterrupt:
+            # Ctrl-C on an inline scan: the batch being processed gave its claims back (see
+            # regenerate_batch); say so in the scan record, then let the interrupt through.
+            result.interrupted = True
+            result.duration_s = time.perf_counter() - started
+            _record(rt, result, trigger=trigger, started=now, clock=clock)
+            log.warning("scan_interrupted", trigger=trigger, **result.as_dict())
+            raise
     result.duration_s = time.perf_counter() - started
     metrics.SCAN_DURATION.observe(result.duration_s)
     _record(rt, result, trigger=trigger, started=now, clock=clock)
     log.info("scan_finished", trigger=trigger, **result.as_dict())
     return result
+
+
+def _claim_pages(
+    rt: Runtime,
+    hand_on: HandOn,
+    *,
+    now: datetime,
+    limit: int | None,
+    reason: Reason | None,
+    result: ScanResult,
+) -> None:
+    """Claim pages in keyset order and hand each on, until none is due or ``limit`` is met."""
+    after: tuple[datetime, int] | None = None
+    size = rt.settings.batch_size
+    while limit is None or result.claimed < limit:
+        want = size if limit is None else min(size, limit - result.claimed)
+        owner = leases.new_owner()
+        with session_scope(rt.sessions) as s:
+            if reason is None:
+                page = members.claim_due(
+                    s,
+                    now=now,
+                    owner=owner,
+                    lease=rt.settings.claim_lease,
+                    limit=want,
+                    after=after,
+                )
+                ids, after = page.ids, page.last
+            else:
+                ids, after, exhausted = _claim_for_reason(
+                    rt, s, now=now, owner=owner, want=want, after=after, reason=reason
+                )
+                if not ids and not exhausted:
+                    continue
+        if not ids:
+            break
+        failpoints.hit("after_claim")
+        try:
+            hand_on(ids, owner)
+        except KeyboardInterrupt:
+            # Give the page back now rather than leave it claimed for a whole lease (claims a
+            # batch already wrote are released already; this touches only what is still ours).
+            with session_scope(rt.sessions) as s:
+                members.release_claims(s, ids, owner)
+            raise
+        result.claimed += len(ids)
+        result.batches += 1
+        if after is None:
+            break
 
 
 def _record(
@@ -138,6 +169,7 @@ def _record(
             claimed=result.claimed,
             batches=result.batches,
             skipped_lock=result.skipped_lock,
+            interrupted=result.interrupted,
         )
 
 

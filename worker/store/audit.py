@@ -57,6 +57,7 @@ def record_scan(
     claimed: int,
     batches: int,
     skipped_lock: bool,
+    interrupted: bool = False,
 ) -> None:
     session.add(
         ScanRun(
@@ -67,6 +68,7 @@ def record_scan(
             claimed=claimed,
             batches=batches,
             skipped_lock=skipped_lock,
+            interrupted=interrupted,
         )
     )
 

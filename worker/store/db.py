@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.errors import ConfigError, StorageError
@@ -52,6 +52,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         raise ConfigError(f"REAUTH_DATABASE_URL: cannot use this URL: {exc}") from None
 
 
+#: What PostgreSQL and SQLite say when a table is missing: the schema is not migrated.
+_NOT_MIGRATED = ("no such table", "does not exist", "undefinedtable")
+
+
+def storage_error(exc: DBAPIError) -> StorageError:
+    """The one translation of a database failure: what failed, and what to do when obvious."""
+    detail = str(exc.orig or exc).strip().splitlines()[0] if (exc.orig or exc) else ""
+    if any(marker in detail.lower() for marker in _NOT_MIGRATED):
+        return StorageError(
+            f"database is not migrated ({detail}); run `reauth db upgrade` (REAUTH_DATABASE_URL)"
+        )
+    if exc.connection_invalidated or "connect" in detail.lower():
+        return StorageError(f"database unreachable (REAUTH_DATABASE_URL): {detail}")
+    return StorageError(f"database error: {detail}")
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -63,9 +79,13 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     try:
         yield session
         session.commit()
-    except OperationalError as exc:
+    except IntegrityError:
+        # A constraint the caller relies on (unique keys): theirs to handle, not an outage.
         session.rollback()
-        raise StorageError(f"database error: {exc.orig or exc}") from exc
+        raise
+    except DBAPIError as exc:
+        session.rollback()
+        raise storage_error(exc) from exc
     except BaseException:
         session.rollback()
         raise

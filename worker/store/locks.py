@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, insert, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from models import Lock
-from worker.errors import StorageError
+from worker.store.db import storage_error
 
 #: pg advisory lock key of the scan (any fixed 64-bit number; this is crc32("reauth.scan")).
 SCAN_LOCK_KEY = 0x5EA7_5CA9
@@ -56,8 +56,8 @@ def scan_lock(engine: Engine, *, now: datetime, owner: str) -> Iterator[bool]:
                     conn.execute(
                         delete(Lock).where(Lock.name == SCAN_LOCK_NAME, Lock.owner == owner)
                     )
-    except OperationalError as exc:
-        raise StorageError(f"database error: {exc.orig or exc}") from exc
+    except DBAPIError as exc:
+        raise storage_error(exc) from exc
 
 
 def _take_lease_row(engine: Engine, *, now: datetime, owner: str) -> bool:
