@@ -3,12 +3,14 @@
 from models.attempt import Attempt
 from models.audit import Lock, OpsAction, ScanRun
 from models.base import Base, UTCDateTime
+from models.click import Click
 from models.member import Member
 from models.notification import Notification
 
 __all__ = [
     "Attempt",
     "Base",
+    "Click",
     "Lock",
     "Member",
     "Notification",

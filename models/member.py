@@ -27,6 +27,8 @@ class Member(TimestampMixin, Base):
     user_guid: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[str | None] = mapped_column(String(128))
     institution_code: Mapped[str] = mapped_column(String(128), index=True)
+    #: The bank's name for people (the reconnect page); falls back to the code.
+    institution_name: Mapped[str | None] = mapped_column(String(128))
     is_oauth: Mapped[bool] = mapped_column(Boolean, default=False)
     connection_status: Mapped[str | None] = mapped_column(String(32))
     oauth_status: Mapped[str | None] = mapped_column(String(16))

@@ -19,6 +19,7 @@ from enum import StrEnum
 from functools import lru_cache
 from itertools import pairwise
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -36,6 +37,14 @@ class MxApi(StrEnum):
 
     NEXUS = "nexus"
     PLATFORM = "platform"
+
+
+class LinkMode(StrEnum):
+    """``both``: MX is asked at scan time (``oauth_window_uri``) and again at click time;
+    ``reconnect``: only at click time, so people who never click cost no MX call."""
+
+    BOTH = "both"
+    RECONNECT = "reconnect"
 
 
 class LogFormat(StrEnum):
@@ -161,6 +170,28 @@ class Settings(BaseSettings):
     notify_celery_task: str = "notifications.reauth_link"
     notify_celery_queue: str = "notifications"
 
+    # --- reconnect links (reauth serve) ------------------------------------------------------
+    #: Public base URL of `reauth serve`; reconnect_url = this + /r/<token>.
+    public_url: str | None = None
+    #: Keys for reconnect tokens (JSON list or comma-separated; the first signs, all verify).
+    reconnect_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    reconnect_ttl: timedelta = timedelta(days=7)
+    reconnect_clicks_per_hour: int = Field(default=10, ge=1, le=1000)
+    link_mode: LinkMode = LinkMode.BOTH
+    #: Exact origins whose oauthComplete postMessage the reconnect page accepts.
+    mx_oauth_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "https://int-app.moneydesktop.com",
+            "https://app.moneydesktop.com",
+        ]
+    )
+    #: Where /oauth/complete sends people back after an APP flow (else a done page).
+    app_return_url: str | None = None
+    #: How long a reported success (with a valid state) pauses reminders awaiting confirmation.
+    confirm_window: timedelta = timedelta(minutes=15)
+    #: Optional: send people through the app's sign-in before the reconnect page.
+    reconnect_signin_url: str | None = None
+
     # --- logging -----------------------------------------------------------------------------
     log_format: LogFormat | None = None
     log_level: str = "INFO"
@@ -206,10 +237,38 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
-    @field_validator("allowed_redirect_prefixes", mode="before")
+    @field_validator(
+        "allowed_redirect_prefixes", "reconnect_secrets", "mx_oauth_origins", mode="before"
+    )
     @classmethod
     def _parse_prefixes(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("reconnect_secrets")
+    @classmethod
+    def _check_reconnect_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(v.get_secret_value().encode()) < 32 for v in value):
+            raise ValueError("each key must be at least 32 bytes (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("public_url", "app_return_url", "reconnect_signin_url")
+    @classmethod
+    def _check_page_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("mx_oauth_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path:
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return value
 
     @field_validator("reminder_schedule", mode="before")
     @classmethod
@@ -220,7 +279,7 @@ class Settings(BaseSettings):
     @field_validator(
         "mx_session_margin", "abandon_after", "aggregation_freshness", "backoff_base",
         "backoff_cap", "scan_interval", "claim_lease", "notify_lease", "link_max_age",
-        mode="before",
+        "reconnect_ttl", "confirm_window", mode="before",
     )  # fmt: skip
     @classmethod
     def _durations(cls, value: Any) -> Any:
@@ -272,6 +331,14 @@ class Settings(BaseSettings):
             )
         if self.notify_sink is NotifySink.REDIS_STREAM and self.redis_url is None:
             raise ValueError("REAUTH_NOTIFY_SINK=redis-stream needs REAUTH_REDIS_URL")
+        if (
+            self.public_url
+            and self.public_url.startswith("http://")
+            and not (self.allow_insecure_urls)
+        ):
+            raise ValueError(
+                "REAUTH_PUBLIC_URL must be https (http only with REAUTH_ALLOW_INSECURE_URLS)"
+            )
         if self.task_time_limit >= self.visibility_timeout:
             raise ValueError(
                 "REAUTH_TASK_TIME_LIMIT must be below REAUTH_VISIBILITY_TIMEOUT, or Redis "
@@ -288,8 +355,14 @@ class Settings(BaseSettings):
         return NotifySink.REDIS_STREAM if self.redis_url else NotifySink.FILE
 
     @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith("postgresql")
+    def reconnect_keys(self) -> list[bytes]:
+        """Token keys, signing key first."""
+        return [s.get_secret_value().encode() for s in self.reconnect_secrets]
+
+    @property
+    def reconnect_enabled(self) -> bool:
+        """reconnect_url is put into messages only with a public URL and a key."""
+        return bool(self.public_url and self.reconnect_secrets)
 
 
 def redirect_allowed(url: str, prefixes: Iterable[str]) -> bool:

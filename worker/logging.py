@@ -198,6 +198,8 @@ def setup_from_settings(settings: Settings, *, level: str | None = None) -> None
     register_secret(settings.mx_api_key.get_secret_value())
     if settings.webhook_secret is not None:
         register_secret(settings.webhook_secret.get_secret_value())
+    for key in settings.reconnect_secrets:
+        register_secret(key.get_secret_value())
     configure_logging(
         fmt=settings.log_format.value if settings.log_format else None,
         level=level or settings.log_level,

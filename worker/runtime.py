@@ -109,6 +109,12 @@ class Runtime:
             self._followups = InlineFollowups(self) if self.inline else CeleryFollowups(self)
         return self._followups
 
+    async def aclose_mx(self) -> None:
+        """Close the MX client on the event loop it ran on (a web server's, at shutdown)."""
+        if self._mx is not None:
+            await self._mx.aclose()
+            self._mx = None
+
     def close(self) -> None:
         """Close the sink, follow-ups, MX client, loop and engine (idempotent)."""
         if self._sink is not None:

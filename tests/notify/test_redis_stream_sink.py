@@ -41,6 +41,7 @@ CONTRACT_FIELDS = {
     "reminder",
     "skip_aggregation",
     "channel",
+    "reconnect_url",
 }
 
 

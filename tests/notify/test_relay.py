@@ -270,13 +270,16 @@ def test_stale_link_is_held_back_not_delivered(
 
 def test_is_stale_reads_contract_timestamps() -> None:
     """``generated_at`` in the contract's Z form is compared with link_max_age; unreadable or
-    naive timestamps count as stale (never deliver a link of unknown age)."""
+    naive timestamps count as stale (never deliver a link of unknown age). A message without a
+    URI (REAUTH_LINK_MODE=reconnect) has nothing to go stale."""
     age = timedelta(minutes=10)
-    assert not is_stale({"generated_at": "2026-03-02T08:50:00Z"}, NOW, age)
-    assert is_stale({"generated_at": "2026-03-02T08:49:59Z"}, NOW, age)
-    assert is_stale({"generated_at": "2026-03-02T08:59:00"}, NOW, age)
-    assert is_stale({"generated_at": "yesterday"}, NOW, age)
-    assert is_stale({}, NOW, age)
+    uri = {"oauth_window_uri": oauth_uri("x")}
+    assert not is_stale({**uri, "generated_at": "2026-03-02T08:50:00Z"}, NOW, age)
+    assert is_stale({**uri, "generated_at": "2026-03-02T08:49:59Z"}, NOW, age)
+    assert is_stale({**uri, "generated_at": "2026-03-02T08:59:00"}, NOW, age)
+    assert is_stale({**uri, "generated_at": "yesterday"}, NOW, age)
+    assert is_stale(uri, NOW, age)
+    assert not is_stale({"oauth_window_uri": None, "generated_at": None}, NOW, age)
 
 
 def test_logs_one_summary_line_and_no_uri(

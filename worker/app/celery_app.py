@@ -111,8 +111,17 @@ def _close_runtime(pid: int | None = None, **_: Any) -> None:
 
 @signals.worker_ready.connect
 def _serve_metrics(**_: Any) -> None:
+    import structlog
+
     from worker import metrics
 
-    port = get_settings().metrics_port
+    settings = get_settings()
+    if not settings.reconnect_enabled:
+        structlog.get_logger(__name__).warning(
+            "reconnect_links_off",
+            why="REAUTH_PUBLIC_URL or REAUTH_RECONNECT_SECRETS is not set",
+            effect="messages carry oauth_window_uri only, no reconnect_url",
+        )
+    port = settings.metrics_port
     if port:
         metrics.serve(port)

@@ -40,6 +40,7 @@ def _register() -> None:
         processes,
         run,
         sandbox,
+        serve,
     )
 
 

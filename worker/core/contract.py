@@ -5,7 +5,7 @@ docs/NOTIFICATIONS.md."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 #: ``type`` of every message this service emits.
@@ -22,6 +22,15 @@ def idempotency_key(member_guid: str, episode: int, reminder: int) -> str:
 def format_time(value: datetime) -> str:
     """ISO 8601 UTC with a ``Z`` suffix, the contract's time format."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def link_is_stale(payload: dict[str, Any], now: datetime, max_age: timedelta) -> bool:
+    """Whether the message's one-time URI must be regenerated before delivery: older than
+    ``max_age`` or of unknown age. A message without a URI (reconnect mode) never is."""
+    if payload.get("oauth_window_uri") is None:
+        return False
+    generated = link_generated_at(payload)
+    return generated is None or now - generated > max_age
 
 
 def link_generated_at(payload: dict[str, Any]) -> datetime | None:
@@ -44,14 +53,20 @@ def build_message(
     member_guid: str,
     institution_code: str,
     reason: str,
-    oauth_window_uri: str,
-    generated_at: datetime,
+    oauth_window_uri: str | None,
+    generated_at: datetime | None,
     episode: int,
     reminder: int,
     skip_aggregation: bool,
     channel: str,
+    reconnect_url: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON object delivered to every sink."""
+    """The JSON object delivered to every sink.
+
+    ``reconnect_url`` (added in version 1: fields are only ever added) is our stable link that
+    asks MX for a fresh URI when the person clicks; ``oauth_window_uri`` is MX's one-time URI,
+    null when ``REAUTH_LINK_MODE=reconnect`` asks MX only at click time.
+    """
     return {
         "id": str(notification_id),
         "idempotency_key": idempotency_key(member_guid, episode, reminder),
@@ -62,7 +77,8 @@ def build_message(
         "institution_code": institution_code,
         "reason": reason,
         "oauth_window_uri": oauth_window_uri,
-        "generated_at": format_time(generated_at),
+        "generated_at": format_time(generated_at) if generated_at is not None else None,
+        "reconnect_url": reconnect_url,
         "episode": episode,
         "reminder": reminder,
         "skip_aggregation": skip_aggregation,

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker import failpoints
 from worker.config import Settings
 from worker.core.backoff import backoff_delay
-from worker.core.contract import link_generated_at
+from worker.core.contract import link_is_stale
 from worker.core.states import NotificationStatus
 from worker.errors import SinkError, SinkPermanentError, SinkTransientError
 from worker.logging import scrub_all
@@ -71,8 +71,7 @@ class RelayResult:
 
 def is_stale(payload: dict[str, Any], now: datetime, max_age: timedelta) -> bool:
     """True when the payload's link is older than ``max_age`` (or its age cannot be read)."""
-    generated = link_generated_at(payload)
-    return generated is None or now - generated > max_age
+    return link_is_stale(payload, now, max_age)
 
 
 # --- step 3: mark -------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def refresh_stale(rt: Runtime, *, clock: Callable[[], datetime], task_id: str | 
         stale = notifications.claim_stale(
             s,
             now=now,
-            older_than=now - settings.link_max_age,
+            max_age=settings.link_max_age,
             owner=owner,
             lease=settings.notify_lease,
             limit=settings.notify_batch_size,

@@ -24,6 +24,7 @@ import structlog
 
 from models import Member
 from worker import failpoints, metrics
+from worker.config import LinkMode, Settings
 from worker.core.contract import build_message, idempotency_key
 from worker.core.policy import (
     Generate,
@@ -47,6 +48,7 @@ from worker.errors import (
 from worker.logging import fingerprint_uri
 from worker.mx import MxClient, OAuthRequest, OAuthWindow
 from worker.runtime import Runtime
+from worker.service.links import reconnect_url
 from worker.store import attempts, decisions, locks, members, notifications
 from worker.store.db import session_scope
 
@@ -61,6 +63,8 @@ class CallResult:
     error: MxError | None = None
     latency_ms: float | None = None
     skipped: bool = False
+    #: No call made on purpose (REAUTH_LINK_MODE=reconnect): the message carries only our link.
+    deferred: bool = False
 
 
 @dataclass
@@ -191,8 +195,12 @@ def regenerate_batch(
     todo = _decide(rt, ids, owner, clock(), force=force, result=result)
     if not todo:
         return result
-    requests = [request_for(m, g) for m, _, g in todo]
-    calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
+    if rt.settings.link_mode is LinkMode.RECONNECT:
+        # MX is asked when someone clicks the reconnect_url, not now.
+        calls = [CallResult(deferred=True) for _ in todo]
+    else:
+        requests = [request_for(m, g) for m, _, g in todo]
+        calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
     failpoints.hit("after_mx_calls")
     _write(rt, todo, calls, owner, clock(), trigger=trigger, task_id=task_id, result=result)
     config_errors = [r.error for r in calls if isinstance(r.error, MxConfigurationError)]
@@ -287,7 +295,12 @@ def _write(
                 result.outcomes["skipped"] += 1
                 continue
             outcome = outcome_of(res.error)
-            result.outcomes[outcome.value] += 1
+            result.outcomes["deferred" if res.deferred else outcome.value] += 1
+            if res.deferred:
+                fields = after_outcome(snap, g, Outcome.SUCCESS, now, cfg)
+                outbox.append(_outbox_row(rt.settings, m, g, None, now))
+                changes.append(decisions.Change(m.id, snap.state, fields))
+                continue
             metrics.ATTEMPTS.labels(outcome=outcome.value).inc()
             if res.latency_ms is not None:
                 metrics.MX_LATENCY.observe(res.latency_ms / 1000)
@@ -327,7 +340,7 @@ def _write(
                 extra.update(oauth_window_uri=w.oauth_window_uri, uri_generated_at=w.generated_at)
                 if w.member_guid != m.member_guid:
                     extra["mx_member_guid"] = w.member_guid
-                outbox.append(_outbox_row(m, g, w, now))
+                outbox.append(_outbox_row(rt.settings, m, g, w, now))
             changes.append(decisions.Change(m.id, snap.state, fields, extra=extra))
             _log_member(m, g, outcome, res)
         decisions.apply(s, changes, now=now)
@@ -336,7 +349,9 @@ def _write(
         members.release_claims(s, released, owner)
 
 
-def _outbox_row(m: Member, g: Generate, w: OAuthWindow, now: datetime) -> dict[str, Any]:
+def _outbox_row(
+    settings: Settings, m: Member, g: Generate, w: OAuthWindow | None, now: datetime
+) -> dict[str, Any]:
     nid = uuid.uuid4()
     return {
         "id": nid,
@@ -348,12 +363,13 @@ def _outbox_row(m: Member, g: Generate, w: OAuthWindow, now: datetime) -> dict[s
             member_guid=m.member_guid,
             institution_code=m.institution_code,
             reason=g.reason.value,
-            oauth_window_uri=w.oauth_window_uri,
-            generated_at=w.generated_at,
+            oauth_window_uri=w.oauth_window_uri if w is not None else None,
+            generated_at=w.generated_at if w is not None else None,
             episode=g.episode,
             reminder=g.reminder,
             skip_aggregation=g.skip_aggregation,
             channel=g.params.referral_source,
+            reconnect_url=reconnect_url(settings, nid, now),
         ),
         "link_params": link_params(g),
         "status": NotificationStatus.PENDING.value,

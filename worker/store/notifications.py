@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models import Member, Notification
-from worker.core.contract import link_generated_at
+from worker.core.contract import link_is_stale
 from worker.core.states import NotificationStatus as NS
 from worker.store import leases
 
@@ -119,12 +119,12 @@ def claim_stale(
     session: Session,
     *,
     now: datetime,
-    older_than: datetime,
+    max_age: timedelta,
     owner: str,
     lease: timedelta,
     limit: int,
 ) -> list[StaleLink]:
-    """Lease pending rows whose link was generated before ``older_than``, with their members.
+    """Lease pending rows whose link is older than ``max_age``, with their members.
 
     Rows carry their link's age in ``payload.generated_at``; JSON is not indexable portably, so
     this reads the due pending rows (a small set: the outbox drains within seconds) and filters.
@@ -132,7 +132,7 @@ def claim_stale(
     candidates = session.execute(
         select(N.id, N.payload).where(_due(now)).order_by(N.created_at, N.id).limit(limit * 4)
     ).all()
-    stale = [row.id for row in candidates if _older(row.payload, older_than)][:limit]
+    stale = [row.id for row in candidates if link_is_stale(row.payload, now, max_age)][:limit]
     if not stale:
         return []
     taken = leases.claim(
@@ -153,11 +153,6 @@ def claim_stale(
         .order_by(N.created_at, N.id)
     ).all()
     return [StaleLink(r.id, dict(r.payload), r.link_params, r.Member) for r in rows]
-
-
-def _older(payload: dict[str, Any], older_than: datetime) -> bool:
-    at = link_generated_at(payload)
-    return at is None or at < older_than
 
 
 def replace_link(

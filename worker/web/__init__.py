@@ -1,0 +1,1 @@
+"""``reauth serve``: the reconnect pages people open from a notification (an ASGI app)."""

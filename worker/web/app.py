@@ -1,0 +1,221 @@
+"""The ASGI app of ``reauth serve``: reconnect pages, OAuth completion, health.
+
+Stateless: every request reads what it needs from the database, so several processes can run
+behind a load balancer. It shares the runtime's MX client (sessions and the global rate limit)
+with the workers. Nothing it logs carries a token or a URI (uvicorn's access log is off).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Route
+
+from worker.clock import utc_now
+from worker.errors import MxError, ReauthError
+from worker.mx import OAuthWindow
+from worker.runtime import Runtime
+from worker.service import reconnect
+from worker.store.db import session_scope
+from worker.web import pages
+
+log = structlog.get_logger(__name__)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class ReconnectApp:
+    """Routes over one runtime. Built by :func:`create_app`."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        settings = rt.settings
+        self.public_origin = _origin(settings.public_url or "")
+        self.origins = list(settings.mx_oauth_origins)
+        self.hsts = (settings.public_url or "").startswith("https://")
+        # form-action covers the redirect after the POST (Chromium enforces it on redirects);
+        # MX hands out bank authorize pages on any host, so https: as a whole is allowed.
+        self.form_action = "'self' https:" + (" http:" if settings.allow_insecure_urls else "")
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def headers(self, nonce: str) -> dict[str, str]:
+        h = {
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                f"connect-src 'self'; form-action {self.form_action}; frame-ancestors 'none'; "
+                "base-uri 'none'"
+            ),
+        }
+        if self.hsts:
+            h["Strict-Transport-Security"] = "max-age=31536000"
+        return h
+
+    def html(self, status: int, render: Callable[[str], str]) -> HTMLResponse:
+        nonce = secrets.token_urlsafe(16)
+        return HTMLResponse(render(nonce), status_code=status, headers=self.headers(nonce))
+
+    def message(self, status: int, title: str, text: str, *, json: bool) -> Response:
+        if json:
+            return JSONResponse(
+                {"message": text, "done": status == 200}, status_code=status,
+                headers=self.headers(""),
+            )  # fmt: skip
+        return self.html(status, lambda nonce: pages.message(title, text, nonce))
+
+    def not_found(self, *, json: bool = False) -> Response:
+        return self.message(
+            404, "Link not found", "This link is not valid. Open the app to reconnect.", json=json
+        )
+
+    def expired(self, *, json: bool = False) -> Response:
+        return self.message(
+            410, "This link has expired", "Open the app to reconnect your bank.", json=json
+        )
+
+    def closed(self, institution: str, *, json: bool = False) -> Response:
+        return self.message(
+            200, "You're already reconnected",
+            f"Your connection to {institution} is working again. Nothing else to do.", json=json,
+        )  # fmt: skip
+
+    async def view(self, token: str) -> reconnect.LinkView | Response:
+        try:
+            return await run_in_threadpool(reconnect.open_link, self.rt, token, utc_now())
+        except reconnect.LinkExpired:
+            return self.expired()
+        except reconnect.LinkNotFound:
+            return self.not_found()
+
+    # --- routes -----------------------------------------------------------------------------------
+
+    async def show(self, request: Request) -> Response:
+        """GET: the page. No MX call, so a prefetching scanner spends nothing."""
+        found = await self.view(request.path_params["token"])
+        if isinstance(found, Response):
+            return found
+        if not found.open:
+            return self.closed(found.institution)
+        action = request.url.path
+        return self.html(
+            200,
+            lambda nonce: pages.reconnect(
+                institution=found.institution, why=found.why, action=action,
+                report=f"{action}/report", origins=self.origins, nonce=nonce,
+            ),
+        )  # fmt: skip
+
+    async def press(self, request: Request) -> Response:
+        """POST: a fresh BROWSER URI from MX, answered 303 (or JSON for the page's script)."""
+        wants_json = "application/json" in request.headers.get("accept", "")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != self.public_origin:
+            return self.message(403, "Not allowed", "This request did not come from our page.",
+                                json=wants_json)  # fmt: skip
+        found = await self.view(request.path_params["token"])
+        if isinstance(found, Response):
+            return self.not_found(json=True) if wants_json and found.status_code == 404 else found
+        now = utc_now()
+        if not found.open:
+            await run_in_threadpool(reconnect.record_closed, self.rt, found, now, "closed")
+            return self.closed(found.institution, json=wants_json)
+        if not await run_in_threadpool(reconnect.allowed_to_mint, self.rt, found, now):
+            await run_in_threadpool(reconnect.record_closed, self.rt, found, now, "rate_limited")
+            return self.message(
+                429, "Too many tries", "Please wait a while before trying again.", json=wants_json
+            )
+        started = time.perf_counter()
+        result: OAuthWindow | MxError
+        try:
+            result = await reconnect.ask_mx(self.rt, found)
+        except MxError as exc:
+            result = exc
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        minted = await run_in_threadpool(
+            reconnect.record_mint, self.rt, found, result, utc_now(), latency_ms
+        )
+        if minted.uri is None:
+            return self.message(
+                503, "Your bank can't be reached right now", "Please try again in a few minutes.",
+                json=wants_json,
+            )  # fmt: skip
+        if wants_json:
+            return JSONResponse(
+                {"uri": minted.uri, "click": reconnect.click_token(self.rt, minted, now)},
+                headers=self.headers(""),
+            )
+        return RedirectResponse(minted.uri, status_code=303, headers=self.headers(""))
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Ready when the database and (if configured) Redis answer."""
+        try:
+            await run_in_threadpool(_ping, self.rt)
+        except (ReauthError, OSError) as exc:
+            log.warning("readyz.failed", error=type(exc).__name__)
+            return PlainTextResponse(f"not ready: {exc}", status_code=503)
+        return PlainTextResponse("ready", headers={"Cache-Control": "no-store"})
+
+
+def _ping(rt: Runtime) -> None:
+    from worker.store import members
+
+    with session_scope(rt.sessions) as s:
+        members.due_count(s, utc_now())
+    if rt.settings.redis_url:
+        import redis
+
+        from worker.errors import StorageError
+
+        client = redis.Redis.from_url(rt.settings.redis_url, socket_connect_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise StorageError(f"redis unreachable: {type(exc).__name__}") from exc
+        finally:
+            client.close()
+
+
+def create_app(rt: Runtime) -> Starlette:
+    """The ASGI app over ``rt`` (the caller closes the runtime when the server stops)."""
+    routes = ReconnectApp(rt)
+    handlers: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
+        ("/r/{token}", routes.show, ["GET"]),
+        ("/r/{token}", routes.press, ["POST"]),
+        ("/healthz", routes.healthz, ["GET"]),
+        ("/readyz", routes.readyz, ["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        # The MX client's connections live on this server's loop: close them here.
+        await rt.aclose_mx()
+
+    return Starlette(
+        routes=[Route(path, fn, methods=m) for path, fn, m in handlers], lifespan=lifespan
+    )
