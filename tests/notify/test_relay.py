@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
-from notify_helpers import NOW, RecordingSink, add_notification, get_row
+from notify_helpers import NOW, RecordingSink, add_notification, get_row, oauth_uri
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
