@@ -31,21 +31,26 @@ def import_members(
     if not file.is_file():
         raise InputError(f"{file}: no such file")
     kind = importer.detect_format(file, fmt)
-    parsed = importer.parse(file.read_bytes(), kind)
     now = utc_now()
+    parsed = importer.parse(file.read_bytes(), kind, now=now)
     if parsed.errors and strict:
-        result = importer.ImportResult(errors=parsed.errors, written=False)
+        result = importer.ImportResult(
+            errors=parsed.errors, warnings=parsed.warnings, written=False
+        )
     else:
         with runtime(settings) as rt, session_scope(rt.sessions) as s:
             result = importer.upsert(s, [r for _, r in parsed.rows], now=now, cfg=rt.policy)
             result.errors = parsed.errors
+            result.warnings = parsed.warnings
             audit.record_action(
                 s,
                 actor=actions.default_actor(),
                 command="members import",
                 arguments={"file": str(file), "strict": strict, "rows": len(parsed.rows)},
                 why=None,
-                result={k: v for k, v in result.as_dict().items() if k != "errors"},
+                result={
+                    k: v for k, v in result.as_dict().items() if k not in {"errors", "warnings"}
+                },
                 now=now,
             )
     if json_out:
@@ -53,11 +58,15 @@ def import_members(
     else:
         for err in result.errors:
             console.print(f"{safe(file)}:{err.line}: {safe(err.message)}", style="red")
+        for warning in result.warnings:
+            console.print(
+                f"{safe(file)}:{warning.line}: warning: {safe(warning.message)}", style="yellow"
+            )
         verb = "wrote" if result.written else "wrote nothing (--strict)"
         console.print(
             f"{verb}: {result.inserted} inserted, {result.updated} updated, "
             f"{result.unchanged} unchanged, {result.episodes_closed} episodes closed; "
-            f"{len(result.errors)} bad rows"
+            f"{len(result.errors)} bad rows, {len(result.warnings)} warnings"
         )
     if result.errors:
         raise typer.Exit(1)

@@ -5,6 +5,21 @@ a thin shell. A bad row is reported with its line number and reason and is not w
 ``strict`` nothing is written if any row is bad. A changed member gets ``next_attempt_at = now``
 so the next scan re-evaluates it, and an episode the new state no longer justifies (e.g. back to
 CONNECTED) is closed at once.
+
+Hostile input, and what is done with it:
+
+* A UTF-8 byte-order mark at the start of the file is accepted (JSONL and CSV).
+* CSV is parsed as CSV: a quoted field may span lines, and a record is reported by the line it
+  starts on. No physical line and no record may be longer than ``MAX_LINE_BYTES``; a line that
+  is not UTF-8 is reported by its own number and its record is not written.
+* A control character (anything below U+0020 except tab, and U+007F) in a text value rejects
+  the row: such text is never a guid or a code, and PostgreSQL refuses NUL outright.
+* An identifier (``member_guid``, ``user_guid``, ``user_id``, ``institution_code``) starting
+  with ``=``, ``+``, ``-`` or ``@`` rejects the row: identifiers never start so, and the value
+  would run as a formula in the spreadsheet an operator opens an export in.
+* A time later than ``now + FUTURE_SKEW`` keeps its row but is reported as a warning with its
+  line (clocks of the source system may be off; the value is stored as given). ``now`` is
+  passed in, so parsing stays pure.
 """
 
 from __future__ import annotations
@@ -12,9 +27,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +49,13 @@ from worker.store import decisions, members
 
 #: A longer line is refused without being parsed (a 10 MB line is an error, not a member).
 MAX_LINE_BYTES = 64 * 1024
+#: A time further than this past ``now`` is reported as a warning (its row is still written).
+FUTURE_SKEW = timedelta(minutes=5)
+#: Identifiers: a value starting with one of these would be a formula in a spreadsheet.
+IDENTIFIER_FIELDS = ("member_guid", "user_guid", "user_id", "institution_code")
+FORMULA_PREFIXES = ("=", "+", "-", "@")
+_TIME_FIELDS = ("oauth_started_at", "successfully_aggregated_at")
+_BOM = b"\xef\xbb\xbf"
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 
@@ -151,10 +173,42 @@ class RowError:
 class Parsed:
     rows: list[tuple[int, MemberRow]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
+    #: Rows kept but worth a look (e.g. a time in the future), by line.
+    warnings: list[RowError] = field(default_factory=list)
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
     yield from enumerate(data.splitlines(), start=1)
+
+
+def _is_control(ch: str) -> bool:
+    return (ch < " " and ch != "\t") or ch == "\x7f"
+
+
+def _hostile_text(record: Mapping[str, Any]) -> str | None:
+    """The reason to refuse a record whose text would be unsafe to store, or ``None``."""
+    for key, value in record.items():
+        if not isinstance(value, str):
+            continue
+        bad = next((ch for ch in value if _is_control(ch)), None)
+        if bad is not None:
+            return f"{key}: contains the control character U+{ord(bad):04X}"
+        if key in IDENTIFIER_FIELDS and value.lstrip().startswith(FORMULA_PREFIXES):
+            return (
+                f"{key}: starts with {value.lstrip()[0]!r}, which a spreadsheet would run as a "
+                "formula; identifiers never start with = + - @"
+            )
+    return None
+
+
+def _future_times(row: MemberRow, now: datetime) -> list[str]:
+    limit = now + FUTURE_SKEW
+    found = []
+    for name in _TIME_FIELDS:
+        value: datetime | None = getattr(row, name)
+        if value is not None and value > limit:
+            found.append(f"{name} {value.isoformat()} is in the future (now {now.isoformat()})")
+    return found
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -168,14 +222,22 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse(data: bytes, fmt: Literal["jsonl", "csv"]) -> Parsed:
-    """Parse a whole file. Never raises for bad content: every problem is a :class:`RowError`."""
+def parse(data: bytes, fmt: Literal["jsonl", "csv"], *, now: datetime | None = None) -> Parsed:
+    """Parse a whole file. Never raises for bad content: every problem is a :class:`RowError`.
+
+    With ``now``, a time later than ``now + FUTURE_SKEW`` is reported in ``warnings``.
+    """
     out = Parsed()
     seen: dict[str, int] = {}
+    data = data.removeprefix(_BOM)
     records: Iterator[tuple[int, Any]] = (
         _jsonl_records(data, out) if fmt == "jsonl" else _csv_records(data, out)
     )
     for line, record in records:
+        hostile = _hostile_text(record)
+        if hostile is not None:
+            out.errors.append(RowError(line, hostile))
+            continue
         try:
             row = MemberRow.model_validate(record)
         except ValidationError as exc:
@@ -192,6 +254,9 @@ def parse(data: bytes, fmt: Literal["jsonl", "csv"]) -> Parsed:
             continue
         seen[row.member_guid] = line
         out.rows.append((line, row))
+        if now is not None:
+            out.warnings.extend(RowError(line, w) for w in _future_times(row, now))
+    out.errors.sort(key=lambda e: e.line)
     return out
 
 
@@ -222,28 +287,79 @@ def _jsonl_records(data: bytes, out: Parsed) -> Iterator[tuple[int, Any]]:
         yield line, record
 
 
+@dataclass
+class _CsvText:
+    """A CSV file checked line by line: its text, the unusable lines, and line sizes."""
+
+    text: str
+    bad: set[int]
+    ends: list[int]  # ends[n]: bytes of lines 1..n, line ends included
+    ending: list[int]  # ending[n]: bytes of line n's line end
+
+    def record_bytes(self, start: int, end: int) -> int:
+        return self.ends[end] - self.ends[start - 1] - self.ending[end]
+
+    def touches_bad(self, start: int, end: int) -> bool:
+        return not self.bad.isdisjoint(range(start, end + 1))
+
+
+def _csv_text(data: bytes, out: Parsed) -> _CsvText:
+    checked = _CsvText("", set(), [0], [0])
+    texts: list[str] = []
+    for line, raw in enumerate(data.splitlines(keepends=True), start=1):
+        content = raw.rstrip(b"\r\n")
+        checked.ends.append(checked.ends[-1] + len(raw))
+        checked.ending.append(len(raw) - len(content))
+        if _decode(line, content, out) is None:
+            checked.bad.add(line)
+        texts.append(raw.decode("utf-8", errors="replace"))
+    checked.text = "".join(texts)
+    return checked
+
+
+def _csv_rows(checked: _CsvText, out: Parsed) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank records made only of good lines and within the size cap, by starting line."""
+    reader = csv.reader(io.StringIO(checked.text, newline=""))
+    while True:
+        start = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if not checked.touches_bad(start, reader.line_num):
+                out.errors.append(RowError(start, f"bad CSV: {exc}"))
+            continue
+        end = reader.line_num
+        if checked.touches_bad(start, end):
+            continue  # already reported by line
+        if checked.record_bytes(start, end) > MAX_LINE_BYTES:
+            out.errors.append(RowError(start, f"record longer than {MAX_LINE_BYTES} bytes"))
+            continue
+        if values and (len(values) > 1 or values[0].strip()):
+            yield start, values
+
+
 def _csv_records(data: bytes, out: Parsed) -> Iterator[tuple[int, Any]]:
-    lines: list[tuple[int, str]] = []
-    for line, raw in _lines(data):
-        text = _decode(line, raw, out)
-        if text is not None:
-            lines.append((line, text))
-    if not lines:
+    """Records of a CSV file as dicts, each with the line it starts on.
+
+    Each physical line is checked first (length, UTF-8) so a bad byte is reported by its own
+    line; such a line is still fed to the CSV reader (decoded with replacement characters) so
+    that the records around it keep their boundaries, and its record is dropped. The header is
+    the first record.
+    """
+    checked = _csv_text(data, out)
+    rows = _csv_rows(checked, out)
+    first = next(rows, None)
+    if first is None:
         return
-    header_line, header_text = lines[0]
-    header = next(csv.reader([header_text]))
-    header = [h.strip() for h in header]
+    header_line, header = first[0], [h.strip() for h in first[1]]
+    if checked.bad.intersection(range(1, header_line)):
+        return  # the header line itself was unreadable: every row would be a guess
     if "member_guid" not in header:
         out.errors.append(RowError(header_line, "CSV header has no member_guid column"))
         return
-    for line, text in lines[1:]:
-        if not text.strip():
-            continue
-        try:
-            values = next(csv.reader(io.StringIO(text)))
-        except csv.Error as exc:
-            out.errors.append(RowError(line, f"bad CSV: {exc}"))
-            continue
+    for line, values in rows:
         if len(values) != len(header):
             out.errors.append(
                 RowError(line, f"expected {len(header)} columns, found {len(values)}")
@@ -268,6 +384,7 @@ class ImportResult:
     unchanged: int = 0
     episodes_closed: int = 0
     errors: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)
     written: bool = True
 
     def as_dict(self) -> dict[str, Any]:
@@ -277,6 +394,7 @@ class ImportResult:
             "unchanged": self.unchanged,
             "episodes_closed": self.episodes_closed,
             "errors": [{"line": e.line, "message": e.message} for e in self.errors],
+            "warnings": [{"line": w.line, "message": w.message} for w in self.warnings],
             "written": self.written,
         }
 
