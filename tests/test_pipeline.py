@@ -318,3 +318,21 @@ def test_heartbeat_keeps_a_slow_batch_claimed_past_its_lease(
         assert result.notifications > 0
     finally:
         rt.close()
+
+
+def test_claim_sweeper_rescans_only_when_a_claim_ran_out(runtime: Runtime) -> None:
+    """Beat's claim sweeper does nothing while claims are live; once a dead worker's claims
+    have run out it scans at once, and the members are processed."""
+    from worker.app import jobs
+
+    populate(runtime.engine, 14, utc_now())
+    now = utc_now()
+    with runtime.sessions.begin() as s:
+        dead = claim_due(s, now=now, owner="dead", lease=timedelta(seconds=1), limit=100)
+    assert jobs.sweep_claims(runtime, clock=lambda: now) is None
+    later = now + timedelta(seconds=2)
+    result = jobs.sweep_claims(runtime, clock=lambda: later)
+    assert result is not None
+    assert result.claimed == len(dead.ids)
+    assert _count(runtime.engine, Notification) > 0
+    assert jobs.sweep_claims(runtime, clock=lambda: later) is None
