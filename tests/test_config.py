@@ -118,3 +118,27 @@ def test_cli_invalid_database_url_exits_2_with_one_message() -> None:
     assert proc.returncode == 2
     assert "REAUTH_DATABASE_URL" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_leases_default_short_and_renewed_by_a_heartbeat() -> None:
+    """Leases of 30 s renewed every 10 s: a dead worker's work is free again within 30 s."""
+    s = load_settings()
+    assert s.claim_lease == timedelta(seconds=30)
+    assert s.notify_lease == timedelta(seconds=30)
+    assert s.claim_heartbeat == timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("lease", ["REAUTH_CLAIM_LEASE", "REAUTH_NOTIFY_LEASE"])
+def test_lease_shorter_than_three_heartbeats_is_refused(
+    monkeypatch: pytest.MonkeyPatch, lease: str
+) -> None:
+    """A lease must outlast two missed heartbeats; the error names both variables."""
+    monkeypatch.setenv("REAUTH_CLAIM_HEARTBEAT", "20s")
+    monkeypatch.setenv("REAUTH_CLAIM_LEASE", "60s")
+    monkeypatch.setenv("REAUTH_NOTIFY_LEASE", "60s")
+    assert load_settings().claim_heartbeat == timedelta(seconds=20)
+    monkeypatch.setenv(lease, "59s")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert lease in str(info.value)
+    assert "REAUTH_CLAIM_HEARTBEAT" in str(info.value)

@@ -3,6 +3,8 @@ MX sandbox over real loopback HTTP."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -275,3 +277,62 @@ def test_metrics_count_attempts_latency_and_scans(runtime: Runtime) -> None:
     assert value("reauth_scan_duration_seconds_count") == scans_before + 1
     assert value("reauth_members_due") == 14
     assert value("reauth_outbox_backlog") == 0
+
+
+def test_heartbeat_keeps_a_slow_batch_claimed_past_its_lease(
+    db_url: str, sandbox: RunningSandbox
+) -> None:
+    """MX answers slower than the claim lease: the batch's heartbeat renews its members' claims,
+    so a scan in the middle of the batch takes none of them, and the batch writes them all."""
+    from tests.pipeline_helpers import make_settings
+
+    settings = make_settings(
+        db_url,
+        sandbox,
+        claim_lease=timedelta(seconds=0.6),
+        claim_heartbeat=timedelta(seconds=0.2),
+    )
+    rt = Runtime(settings, inline=True)
+    try:
+        populate(rt.engine, 14, utc_now())
+        owner = new_owner()
+        with rt.sessions.begin() as s:
+            page = claim_due(s, now=utc_now(), owner=owner, lease=settings.claim_lease, limit=100)
+        sandbox.config.latency = 1.0
+        taken: list[int] = []
+
+        def competitor() -> None:
+            time.sleep(1.5)  # well past the 0.6 s lease, while MX is still answering
+            with rt.sessions.begin() as s:
+                other = claim_due(s, now=utc_now(), owner="B", lease=timedelta(1), limit=100)
+            taken.extend(other.ids)
+
+        thread = threading.Thread(target=competitor)
+        thread.start()
+        started = time.monotonic()
+        result = regenerate_batch(rt, page.ids, owner, clock=utc_now)
+        thread.join()
+        assert time.monotonic() - started > 1.5, "the batch should outlive the competitor's try"
+        assert taken == [], "a live batch's members were claimed by someone else"
+        assert result.outcomes["lease_lost"] == 0
+        assert result.notifications > 0
+    finally:
+        rt.close()
+
+
+def test_claim_sweeper_rescans_only_when_a_claim_ran_out(runtime: Runtime) -> None:
+    """Beat's claim sweeper does nothing while claims are live; once a dead worker's claims
+    have run out it scans at once, and the members are processed."""
+    from worker.app import jobs
+
+    populate(runtime.engine, 14, utc_now())
+    now = utc_now()
+    with runtime.sessions.begin() as s:
+        dead = claim_due(s, now=now, owner="dead", lease=timedelta(seconds=1), limit=100)
+    assert jobs.sweep_claims(runtime, clock=lambda: now) is None
+    later = now + timedelta(seconds=2)
+    result = jobs.sweep_claims(runtime, clock=lambda: later)
+    assert result is not None
+    assert result.claimed == len(dead.ids)
+    assert _count(runtime.engine, Notification) > 0
+    assert jobs.sweep_claims(runtime, clock=lambda: later) is None

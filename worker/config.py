@@ -150,7 +150,9 @@ class Settings(BaseSettings):
     # --- scan and Celery ---------------------------------------------------------------------
     scan_interval: timedelta = timedelta(minutes=5)
     batch_size: int = Field(default=100, ge=1, le=5000)
-    claim_lease: timedelta = timedelta(minutes=2)
+    claim_lease: timedelta = timedelta(seconds=30)
+    #: How often a live batch (and the relay) renews its leases; also the sweeper's period.
+    claim_heartbeat: timedelta = timedelta(seconds=10)
     task_time_limit: int = Field(default=90, ge=5)
     visibility_timeout: int = Field(default=600, ge=30)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -162,7 +164,7 @@ class Settings(BaseSettings):
     notify_file: str = "notifications.jsonl"
     notify_max_attempts: int = Field(default=10, ge=1)
     notify_batch_size: int = Field(default=500, ge=1)
-    notify_lease: timedelta = timedelta(minutes=2)
+    notify_lease: timedelta = timedelta(seconds=30)
     link_max_age: timedelta = timedelta(minutes=10)
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
@@ -284,6 +286,25 @@ class Settings(BaseSettings):
     @classmethod
     def _durations(cls, value: Any) -> Any:
         return _parse_duration(value)
+
+    @field_validator("claim_heartbeat", mode="before")
+    @classmethod
+    def _heartbeat_duration(cls, value: Any) -> Any:
+        return _parse_duration(value)
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        # A lease must survive two missed heartbeats, or a slow renewal loses live work.
+        for name in ("claim_lease", "notify_lease"):
+            if getattr(self, name) < 3 * self.claim_heartbeat:
+                raise ValueError(
+                    f"REAUTH_{name.upper()} must be at least 3 x REAUTH_CLAIM_HEARTBEAT "
+                    f"({getattr(self, name).total_seconds():g}s < 3 x "
+                    f"{self.claim_heartbeat.total_seconds():g}s)"
+                )
+        if self.claim_heartbeat <= timedelta(0):
+            raise ValueError("REAUTH_CLAIM_HEARTBEAT must be positive")
+        return self
 
     @field_validator("reminder_schedule")
     @classmethod

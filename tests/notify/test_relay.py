@@ -243,8 +243,8 @@ def test_crash_between_delivery_and_mark_redelivers_same_id_after_lease(
     assert (row.status, row.claim_owner) == ("pending", "relay-1")
 
     sink = RecordingSink()
-    assert dispatch(settings, sessions, sink, now=NOW + timedelta(seconds=30)).claimed == 0
     after_lease = NOW + settings.notify_lease
+    assert dispatch(settings, sessions, sink, now=after_lease - timedelta(seconds=1)).claimed == 0
     assert dispatch(settings, sessions, sink, now=after_lease, owner="relay-2").sent == 1
 
     assert [m["id"] for m in crashing.delivered + sink.delivered] == [str(nid), str(nid)]

@@ -40,6 +40,7 @@ STREAM = "reauth:notifications"
 FAST = {
     "REAUTH_CLAIM_LEASE": "3s",
     "REAUTH_NOTIFY_LEASE": "3s",
+    "REAUTH_CLAIM_HEARTBEAT": "1s",
     "REAUTH_VISIBILITY_TIMEOUT": "30",
     # A worker killed while creating a Nexus session leaves the creation lock for
     # 4 x MX timeout + 5 s, and other batches wait up to 1.5 x that for it: keep that below

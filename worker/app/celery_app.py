@@ -18,6 +18,7 @@ from worker.config import get_settings
 SCAN_TASK = "reauth.scan"
 REGENERATE_TASK = "reauth.regenerate"
 DELIVER_TASK = "reauth.dispatch_notifications"
+SWEEP_TASK = "reauth.sweep_claims"
 #: Queue of this service's own tasks.
 QUEUE = "reauth"
 
@@ -27,6 +28,7 @@ def create_app() -> Celery:
     broker = settings.broker_url or "memory://"
     app = Celery("reauth", broker=broker, include=["worker.app.tasks"])
     transport = {"visibility_timeout": settings.visibility_timeout}
+    heartbeat = settings.claim_heartbeat.total_seconds()
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -60,10 +62,17 @@ def create_app() -> Celery:
                 # A scan older than one interval is pointless: the next one is coming.
                 "options": {"expires": settings.scan_interval.total_seconds()},
             },
+            # Dead workers' leases run out within REAUTH_CLAIM_LEASE of their last heartbeat;
+            # these two take their members and outbox rows again within one heartbeat after.
+            "reauth-claim-sweeper": {
+                "task": SWEEP_TASK,
+                "schedule": heartbeat,
+                "options": {"expires": heartbeat},
+            },
             "reauth-dispatch-sweeper": {
                 "task": DELIVER_TASK,
-                "schedule": 30.0,
-                "options": {"expires": 30.0},
+                "schedule": heartbeat,
+                "options": {"expires": heartbeat},
             },
         },
     )

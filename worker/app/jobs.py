@@ -16,7 +16,7 @@ from worker.core.policy import Reason
 from worker.runtime import Runtime
 from worker.service import deliver as delivery
 from worker.service.regenerate import BatchResult, regenerate_batch
-from worker.service.scan import ScanResult, run_scan
+from worker.service.scan import ScanResult, run_scan, sweep
 
 Clock = Callable[[], datetime]
 
@@ -35,6 +35,15 @@ def scan(
         rt.followups.regenerate(ids, owner, force=False, trigger="scan")
 
     return run_scan(rt, hand_on, clock=clock, trigger=trigger, limit=limit, reason=reason)
+
+
+def sweep_claims(rt: Runtime, *, clock: Clock) -> ScanResult | None:
+    """Rescan when claims ran out (a worker died mid-batch); None when there were none."""
+
+    def hand_on(ids: list[int], owner: str) -> None:
+        rt.followups.regenerate(ids, owner, force=False, trigger="scan")
+
+    return sweep(rt, hand_on, clock=clock)
 
 
 def regenerate(

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Task
 
 from worker.app import jobs
-from worker.app.celery_app import DELIVER_TASK, REGENERATE_TASK, SCAN_TASK, app
+from worker.app.celery_app import DELIVER_TASK, REGENERATE_TASK, SCAN_TASK, SWEEP_TASK, app
 from worker.clock import utc_now
 from worker.config import get_settings
 from worker.core.policy import Reason
@@ -63,6 +63,13 @@ def scan(
         limit=limit,
         reason=Reason(reason) if reason else None,
     ).as_dict()
+
+
+@app.task(name=SWEEP_TASK, bind=True, acks_late=False)
+def sweep_claims(self: Task[Any, Any]) -> dict[str, Any] | None:
+    """Rescan at once when a dead worker's claims have run out (beat, every heartbeat)."""
+    result = jobs.sweep_claims(PROCESS.get(), clock=utc_now)
+    return result.as_dict() if result is not None else None
 
 
 @app.task(

@@ -18,8 +18,9 @@ delivers it again with the same ``id``. Delivery is therefore at least once, and
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +36,7 @@ from worker.core.states import NotificationStatus
 from worker.errors import SinkError, SinkPermanentError, SinkTransientError
 from worker.logging import scrub_all
 from worker.notify.sinks import DeliveryResult, Sink
-from worker.store import notifications
+from worker.store import leases, notifications
 from worker.store.db import session_scope
 from worker.store.notifications import Claimed
 
@@ -150,6 +151,30 @@ def _deliver(sink: Sink, batch: Sequence[Claimed], log: Log) -> dict[uuid.UUID, 
     return {c.id: r for c, r in zip(batch, results, strict=True)}
 
 
+def _renew_leases(
+    sessions: sessionmaker[Session],
+    ids: list[uuid.UUID],
+    *,
+    owner: str,
+    now: datetime,
+    settings: Settings,
+    log: Log,
+) -> Callable[[], None]:
+    """The relay's heartbeat while a sink delivers: the rows stay ours for one more lease."""
+    started = time.monotonic()
+
+    def beat() -> None:
+        # ``now`` is the batch's clock; advance it by the time the delivery has taken so far.
+        until = now + timedelta(seconds=time.monotonic() - started) + settings.notify_lease
+        try:
+            with session_scope(sessions) as session:
+                notifications.renew(session, ids, owner, until=until)
+        except Exception:  # the next beat tries again; the lease covers two misses
+            log.warning("notify.heartbeat_failed", exc_info=True)
+
+    return beat
+
+
 def deliver_batch(
     *,
     settings: Settings,
@@ -192,7 +217,11 @@ def deliver_batch(
         result.deferred = len(stale)
         batch = [c for c in batch if c.id not in set(stale)]
     if batch:
-        outcomes = _deliver(sink, batch, log)
+        beat = _renew_leases(
+            sessions, [c.id for c in batch], owner=owner, now=now, settings=settings, log=log
+        )
+        with leases.heartbeat(beat, settings.claim_heartbeat):
+            outcomes = _deliver(sink, batch, log)
         failpoints.hit("after_deliver")
         record_outcomes(
             sessions, outcomes, settings=settings, now=now, owner=owner, result=result, log=log

@@ -49,7 +49,7 @@ from worker.logging import fingerprint_uri
 from worker.mx import MxClient, OAuthRequest, OAuthWindow
 from worker.runtime import Runtime
 from worker.service.links import reconnect_url
-from worker.store import attempts, decisions, locks, members, notifications
+from worker.store import attempts, decisions, leases, locks, members, notifications
 from worker.store.db import session_scope
 
 log = structlog.get_logger(__name__)
@@ -200,7 +200,9 @@ def regenerate_batch(
         calls = [CallResult(deferred=True) for _ in todo]
     else:
         requests = [request_for(m, g) for m, _, g in todo]
-        calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
+        beat = _renew_claims(rt, [m.id for m, _, _ in todo], owner, clock)
+        with leases.heartbeat(beat, rt.settings.claim_heartbeat):
+            calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
     failpoints.hit("after_mx_calls")
     _write(rt, todo, calls, owner, clock(), trigger=trigger, task_id=task_id, result=result)
     config_errors = [r.error for r in calls if isinstance(r.error, MxConfigurationError)]
@@ -219,6 +221,23 @@ def regenerate_batch(
             hint="check REAUTH_MX_CLIENT_ID, REAUTH_MX_API_KEY, the MX environment, IP allow-list",
         )
     return result
+
+
+def _renew_claims(
+    rt: Runtime, ids: list[int], owner: str, clock: Callable[[], datetime]
+) -> Callable[[], None]:
+    """The batch's heartbeat: its members stay claimed for one more lease while MX answers."""
+
+    def beat() -> None:
+        try:
+            with session_scope(rt.sessions) as s:
+                held = members.renew_claims(s, ids, owner, until=clock() + rt.settings.claim_lease)
+        except Exception:  # the next beat tries again; the lease covers two misses
+            log.warning("claim_heartbeat_failed", owner=owner, exc_info=True)
+            return
+        log.debug("claim_heartbeat", owner=owner, held=held, of=len(ids))
+
+    return beat
 
 
 Todo = list[tuple[Member, MemberSnapshot, Generate]]

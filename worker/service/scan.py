@@ -150,6 +150,20 @@ def _claim_pages(
             break
 
 
+def sweep(rt: Runtime, hand_on: HandOn, *, clock: Callable[[], datetime]) -> ScanResult | None:
+    """Scan at once when a dead worker's claims have run out; otherwise do nothing (None).
+
+    Beat runs this every REAUTH_CLAIM_HEARTBEAT, so a killed batch's members are taken again
+    within one heartbeat of their lease running out instead of at the next scan. The check is
+    one indexed read; no lock is taken and no scan row is written when there is nothing to do.
+    """
+    with read_only_session(rt.engine) as s:
+        if not members.has_expired_claims(s, clock()):
+            return None
+    log.info("claims_expired", action="scan")
+    return run_scan(rt, hand_on, clock=clock, trigger="sweep")
+
+
 def _record(
     rt: Runtime,
     result: ScanResult,

@@ -12,9 +12,11 @@ which makes the database a single writer and the claim exclusive.
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, or_, select, update
@@ -107,3 +109,27 @@ def release(session: Session, model: Leased, ids: Iterable[Any], owner: str, **v
     return _update_held(
         session, model, ids, owner, {"claim_owner": None, "claim_expires_at": None, **values}
     )
+
+
+@contextmanager
+def heartbeat(beat: Callable[[], object], every: timedelta) -> Iterator[None]:
+    """Call ``beat`` every ``every`` on a background thread for as long as the block runs.
+
+    ``beat`` renews a live batch's leases in a short transaction of its own (see :func:`renew`)
+    and handles its own errors. A thread, not a task on the batch's event loop, because the
+    relay's sinks block; the thread dies with its process, so a killed worker's leases run out
+    one lease after its last beat. Leaving the block waits for a beat in progress to finish.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every.total_seconds()):
+            beat()
+
+    thread = threading.Thread(target=loop, name="lease-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -153,6 +153,24 @@ def due_page(
     return list(session.scalars(stmt.order_by(Member.next_attempt_at, Member.id).limit(limit)))
 
 
+def has_expired_claims(session: Session, now: datetime) -> bool:
+    """Is any due member claimed by a lease that ran out (its worker died)? The sweeper's check.
+
+    Releases clear both lease columns, so a past ``claim_expires_at`` is an expired claim; the
+    due index carries that column.
+    """
+    stmt = (
+        select(Member.id)
+        .where(
+            Member.next_attempt_at.is_not(None),
+            Member.next_attempt_at <= now,
+            Member.claim_expires_at <= now,
+        )
+        .limit(1)
+    )
+    return session.scalar(stmt) is not None
+
+
 def due_count(session: Session, now: datetime) -> int:
     return int(session.scalar(select(func.count()).select_from(Member).where(due_clause(now))) or 0)
 
