@@ -16,8 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from models import Member
-from tests.test_import_and_ops import cli
-from tests.test_import_and_ops import env as env  # noqa: PLC0414 (the fixture, re-exported)
+from tests.pipeline_helpers import cli
 from worker.service.importer import FUTURE_SKEW, MAX_LINE_BYTES, parse
 from worker.store.db import make_engine
 
