@@ -17,3 +17,21 @@ def reconnect_url(settings: Settings, notification_id: uuid.UUID, now: datetime)
         tokens.RECONNECT, notification_id, now + settings.reconnect_ttl, settings.reconnect_keys[0]
     )
     return f"{settings.public_url}/r/{token}"
+
+
+def with_state(
+    settings: Settings, redirect_url: str | None, notification_id: uuid.UUID, now: datetime
+) -> str | None:
+    """An APP redirect that points at our own ``/oauth/complete`` gets a signed ``state`` naming
+    the notification, so the result it brings back can be tied to a real link. Any other
+    redirect (the app's own) is left as configured."""
+    if redirect_url is None or not settings.reconnect_enabled:
+        return redirect_url
+    ours = f"{settings.public_url}/oauth/complete"
+    if redirect_url.split("?", 1)[0] != ours:
+        return redirect_url
+    token = tokens.sign(
+        tokens.STATE, notification_id, now + settings.reconnect_ttl, settings.reconnect_keys[0]
+    )
+    separator = "&" if "?" in redirect_url else "?"
+    return f"{redirect_url}{separator}state={token}"

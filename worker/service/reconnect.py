@@ -16,6 +16,8 @@ global rate limit shared with the workers).
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,14 +25,15 @@ from typing import Any
 
 import structlog
 
+from worker.clock import utc_now
 from worker.core import tokens
-from worker.core.policy import IN_EPISODE, State
+from worker.core.policy import IN_EPISODE, State, ended_by_oauth_success
 from worker.errors import MxError, ReauthError
 from worker.logging import fingerprint_uri
-from worker.mx import OAuthRequest, OAuthWindow
+from worker.mx import MemberRequest, OAuthRequest, OAuthWindow
 from worker.runtime import Runtime
 from worker.service.regenerate import outcome_of
-from worker.store import attempts, clicks
+from worker.store import attempts, clicks, decisions, members
 from worker.store.db import session_scope
 
 log = structlog.get_logger(__name__)
@@ -51,6 +54,17 @@ class LinkExpired(ReauthError):
 
 
 @dataclass(frozen=True)
+class Target:
+    """The member a confirmation read is about."""
+
+    member_id: int
+    member_guid: str
+    user_guid: str
+    user_id: str | None
+    episode: int
+
+
+@dataclass(frozen=True)
 class LinkView:
     """What the reconnect page shows and what a press of Reconnect needs."""
 
@@ -65,6 +79,10 @@ class LinkView:
     skip_aggregation: bool
     #: The episode this link was sent for is still open.
     open: bool
+
+    @property
+    def target(self) -> Target:
+        return Target(self.member_id, self.member_guid, self.user_guid, self.user_id, self.episode)
 
     @property
     def why(self) -> str:
@@ -200,3 +218,152 @@ def click_token(rt: Runtime, minted: Minted, now: datetime) -> str | None:
         now + rt.settings.confirm_window,
         rt.settings.reconnect_keys[0],
     )
+
+
+# --- OAuth results and confirmation --------------------------------------------------------------
+
+#: MX asks for member reads no faster than every 3 seconds.
+MIN_READ_INTERVAL_S = 3.0
+OAUTH_REPORTS = frozenset({"success", "error"})
+
+
+@dataclass(frozen=True)
+class Report:
+    """An OAuth result as the browser or the app reported it: a claim until MX confirms it."""
+
+    status: str
+    error_reason: str | None = None
+    #: The click it belongs to, when the report carried a valid click token or APP state.
+    click_id: uuid.UUID | None = None
+
+
+def parse_report(status: object, error_reason: object) -> tuple[str, str | None]:
+    """Normalise a reported status and error reason (unknown error reasons are kept, capped)."""
+    text = str(status or "").strip().lower()
+    if text not in OAUTH_REPORTS:
+        text = "error"
+    reason = str(error_reason).strip().upper()[:32] if error_reason else None
+    return text, reason or None
+
+
+def click_from_token(rt: Runtime, token: object, now: datetime) -> uuid.UUID | None:
+    """The click a report's token names, or None when it is missing, forged or expired."""
+    if not isinstance(token, str):
+        return None
+    try:
+        return tokens.verify(tokens.STATE, token, rt.settings.reconnect_keys, now).id
+    except tokens.TokenError:
+        return None
+
+
+def record_report(rt: Runtime, view: LinkView, report: Report, now: datetime) -> None:
+    """Keep the report on its click. Only a report tied to a real click (a valid token) may
+    hold reminders back, and only until confirmation or REAUTH_CONFIRM_WINDOW."""
+    if report.click_id is None:
+        return
+    with session_scope(rt.sessions) as s:
+        clicks.report(s, report.click_id, status=report.status, error_reason=report.error_reason)
+        if report.status == "success":
+            members.postpone(s, view.member_id, now + rt.settings.confirm_window)
+
+
+class Confirmer:
+    """Confirms reported results by reading the member from MX: coalesced per member (one read
+    in flight, reads at most every :data:`MIN_READ_INTERVAL_S`), through the runtime's MX
+    client and so its global rate limit. One per web process."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._inflight: dict[int, asyncio.Task[bool]] = {}
+        self._last: dict[int, tuple[float, bool]] = {}
+
+    async def confirm(self, view: Target) -> bool:
+        """True when MX says the member is connected again (its episode is then ended)."""
+        last = self._last.get(view.member_id)
+        if last is not None and time.monotonic() - last[0] < MIN_READ_INTERVAL_S:
+            return last[1]
+        task = self._inflight.get(view.member_id)
+        if task is None:
+            task = asyncio.ensure_future(self._read(view))
+            self._inflight[view.member_id] = task
+            task.add_done_callback(lambda _: self._inflight.pop(view.member_id, None))
+        return await asyncio.shield(task)
+
+    async def _read(self, view: Target) -> bool:
+        request = MemberRequest(
+            member_guid=view.member_guid, user_guid=view.user_guid, user_id=view.user_id
+        )
+        try:
+            state = await self.rt.mx.read_member(request)
+        except MxError as exc:
+            log.warning("reconnect.confirm_failed", member_guid=view.member_guid,
+                        error=type(exc).__name__)  # fmt: skip
+            return False
+        connected = state.is_connected or bool(state.is_being_aggregated)
+        self._last[view.member_id] = (time.monotonic(), connected)
+        if connected:
+            await asyncio.to_thread(
+                end_confirmed, self.rt, view, state.connection_status, utc_now()
+            )
+        return connected
+
+
+def end_confirmed(rt: Runtime, view: Target, status: str | None, now: datetime) -> None:
+    """MX confirmed the member connected: the episode ends through the one decision writer."""
+    with session_scope(rt.sessions) as s:
+        found = members.by_guids(s, [view.member_guid], for_update=True).get(view.member_guid)
+        if found is None:
+            return
+        members.set_mx_fields(
+            found,
+            {"oauth_status": "SUCCESS", "oauth_error_reason": None,
+             "connection_status": status or "CONNECTED"},
+        )  # fmt: skip
+        snap = members.snapshot(found)
+        decisions.apply(s, [decisions.Change(found.id, snap.state, ended_by_oauth_success(snap))],
+                        now=now)  # fmt: skip
+        clicks.confirm(s, found.id, view.episode, now)
+    log.info("reconnect.confirmed", member_guid=view.member_guid, episode=view.episode)
+
+
+def app_return(
+    rt: Runtime,
+    state: str | None,
+    member_guid: str | None,
+    *,
+    report: Report,
+    now: datetime,
+) -> Target | None:
+    """Record an APP flow's result; returns whom to confirm (None: nobody we know).
+
+    A valid single-use ``state`` names the notification whose link MX redirected from: the
+    result is kept as an APP click of it and may hold reminders back. Without one, the
+    reported member guid (public, so a claim) only gets a confirmation read.
+    """
+    nid = None
+    if state:
+        try:
+            nid = tokens.verify(tokens.STATE, state, rt.settings.reconnect_keys, now).id
+        except tokens.TokenError:
+            nid = None
+    with session_scope(rt.sessions) as s:
+        if nid is not None:
+            found = clicks.link_target(s, nid)
+            if found is not None and clicks.first_app_return(s, nid):
+                note, m = found
+                episode = int(note.payload.get("episode", 0))
+                click_id = clicks.add(
+                    s, member_id=m.id, notification_id=nid, episode=episode,
+                    outcome="app_return", now=now, referral_source="APP",
+                )  # fmt: skip
+                clicks.report(s, click_id, status=report.status, error_reason=report.error_reason)
+                clicks.use_state(s, click_id, now)
+                if report.status == "success":
+                    members.postpone(s, m.id, now + rt.settings.confirm_window)
+                return Target(m.id, m.member_guid, m.user_guid, m.user_id, episode)
+        if not member_guid:
+            return None
+        named = members.by_guids(s, [member_guid[:64]]).get(member_guid[:64])
+        if named is None or State(named.reauth_state) not in IN_EPISODE:
+            return None
+        return Target(named.id, named.member_guid, named.user_guid, named.user_id, named.episode)

@@ -23,6 +23,7 @@ from worker.errors import SinkTransientError
 from worker.notify import relay
 from worker.notify.sinks import DeliveryResult
 from worker.runtime import Runtime
+from worker.service.links import with_state
 from worker.service.regenerate import attempt_row, call_all, outcome_of, request_for
 from worker.store import attempts, leases, members, notifications
 from worker.store.db import session_scope
@@ -60,7 +61,10 @@ def refresh_stale(rt: Runtime, *, clock: Callable[[], datetime], task_id: str | 
             for row in stale
         ]
         s.expunge_all()  # the members are read below outside this session
-    requests = [request_for(row.member, g) for row, g in zip(stale, gens, strict=True)]
+    requests = [
+        request_for(row.member, g, with_state(settings, g.params.client_redirect_url, row.id, now))
+        for row, g in zip(stale, gens, strict=True)
+    ]
     calls = rt.run(call_all(rt.mx, requests, settings.mx_max_concurrency))
     now = clock()
     refreshed = 0

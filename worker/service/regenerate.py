@@ -48,7 +48,7 @@ from worker.errors import (
 from worker.logging import fingerprint_uri
 from worker.mx import MxClient, OAuthRequest, OAuthWindow
 from worker.runtime import Runtime
-from worker.service.links import reconnect_url
+from worker.service.links import reconnect_url, with_state
 from worker.store import attempts, decisions, leases, locks, members, notifications
 from worker.store.db import session_scope
 
@@ -130,14 +130,16 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-def request_for(m: Member, g: Generate) -> OAuthRequest:
+def request_for(m: Member, g: Generate, redirect_url: str | None = None) -> OAuthRequest:
+    """The MX request for a decision; ``redirect_url`` replaces the policy's redirect (the
+    same URL with a signed ``state`` added, see :func:`worker.service.links.with_state`)."""
     return OAuthRequest(
         member_guid=m.member_guid,
         user_guid=m.user_guid,
         user_id=m.user_id,
         referral_source=g.params.referral_source,
         skip_aggregation=g.skip_aggregation,
-        client_redirect_url=g.params.client_redirect_url,
+        client_redirect_url=redirect_url or g.params.client_redirect_url,
         ui_message_webview_url_scheme=g.params.ui_message_webview_url_scheme,
     )
 
@@ -195,16 +197,25 @@ def regenerate_batch(
     todo = _decide(rt, ids, owner, clock(), force=force, result=result)
     if not todo:
         return result
+    # The outbox rows' ids, known before the call: an APP redirect carries a state naming it.
+    nids = [uuid.uuid4() for _ in todo]
     if rt.settings.link_mode is LinkMode.RECONNECT:
         # MX is asked when someone clicks the reconnect_url, not now.
         calls = [CallResult(deferred=True) for _ in todo]
     else:
-        requests = [request_for(m, g) for m, _, g in todo]
+        now = clock()
+        requests = [
+            request_for(m, g, with_state(rt.settings, g.params.client_redirect_url, nid, now))
+            for (m, _, g), nid in zip(todo, nids, strict=True)
+        ]
         beat = _renew_claims(rt, [m.id for m, _, _ in todo], owner, clock)
         with leases.heartbeat(beat, rt.settings.claim_heartbeat):
             calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
     failpoints.hit("after_mx_calls")
-    _write(rt, todo, calls, owner, clock(), trigger=trigger, task_id=task_id, result=result)
+    _write(
+        rt, todo, nids, calls, owner=owner, now=clock(), trigger=trigger, task_id=task_id,
+        result=result,
+    )  # fmt: skip
     config_errors = [r.error for r in calls if isinstance(r.error, MxConfigurationError)]
     if config_errors:
         result.configuration_error = f"{type(config_errors[0]).__name__}: {config_errors[0]}"
@@ -289,10 +300,11 @@ def _decide(
 def _write(
     rt: Runtime,
     todo: Todo,
+    nids: list[uuid.UUID],
     calls: list[CallResult],
+    *,
     owner: str,
     now: datetime,
-    *,
     trigger: str,
     task_id: str | None,
     result: BatchResult,
@@ -304,7 +316,7 @@ def _write(
         attempt_rows: list[dict[str, Any]] = []
         outbox: list[dict[str, Any]] = []
         released: list[int] = []
-        for (m, snap, g), res in zip(todo, calls, strict=True):
+        for (m, snap, g), nid, res in zip(todo, nids, calls, strict=True):
             if m.id not in still_ours:
                 # Our lease ran out and another worker took the member: it owns the outcome.
                 result.outcomes["lease_lost"] += 1
@@ -317,7 +329,7 @@ def _write(
             result.outcomes["deferred" if res.deferred else outcome.value] += 1
             if res.deferred:
                 fields = after_outcome(snap, g, Outcome.SUCCESS, now, cfg)
-                outbox.append(_outbox_row(rt.settings, m, g, None, now))
+                outbox.append(_outbox_row(rt.settings, nid, m, g, None, now=now))
                 changes.append(decisions.Change(m.id, snap.state, fields))
                 continue
             metrics.ATTEMPTS.labels(outcome=outcome.value).inc()
@@ -359,7 +371,7 @@ def _write(
                 extra.update(oauth_window_uri=w.oauth_window_uri, uri_generated_at=w.generated_at)
                 if w.member_guid != m.member_guid:
                     extra["mx_member_guid"] = w.member_guid
-                outbox.append(_outbox_row(rt.settings, m, g, w, now))
+                outbox.append(_outbox_row(rt.settings, nid, m, g, w, now=now))
             changes.append(decisions.Change(m.id, snap.state, fields, extra=extra))
             _log_member(m, g, outcome, res)
         decisions.apply(s, changes, now=now)
@@ -369,9 +381,14 @@ def _write(
 
 
 def _outbox_row(
-    settings: Settings, m: Member, g: Generate, w: OAuthWindow | None, now: datetime
+    settings: Settings,
+    nid: uuid.UUID,
+    m: Member,
+    g: Generate,
+    w: OAuthWindow | None,
+    *,
+    now: datetime,
 ) -> dict[str, Any]:
-    nid = uuid.uuid4()
     return {
         "id": nid,
         "idempotency_key": idempotency_key(m.member_guid, g.episode, g.reminder),

@@ -85,3 +85,13 @@ def confirm(session: Session, member_id: int, episode: int, now: datetime) -> No
         .values(confirmed_at=now)
         .execution_options(synchronize_session=False)
     )
+
+
+def first_app_return(session: Session, notification_id: uuid.UUID) -> bool:
+    """True until an APP flow's state for this notification has been used once."""
+    used = session.scalar(
+        select(func.count())
+        .select_from(Click)
+        .where(Click.notification_id == notification_id, Click.state_used_at.is_not(None))
+    )
+    return not used

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, case, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import Member
@@ -294,5 +294,20 @@ def store_uri(session: Session, member_id: int, uri: str, generated_at: datetime
         update(Member)
         .where(Member.id == member_id)
         .values(oauth_window_uri=uri, uri_generated_at=generated_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def postpone(session: Session, member_id: int, until: datetime) -> None:
+    """Hold the member's next reminder back until ``until`` (a reported success awaits MX's
+    confirmation); never brings it forward."""
+    session.execute(
+        update(Member)
+        .where(Member.id == member_id, Member.next_attempt_at.is_not(None))
+        .values(
+            next_attempt_at=case(
+                (Member.next_attempt_at < until, literal(until)), else_=Member.next_attempt_at
+            )
+        )
         .execution_options(synchronize_session=False)
     )

@@ -54,6 +54,7 @@ class ReconnectApp:
         # form-action covers the redirect after the POST (Chromium enforces it on redirects);
         # MX hands out bank authorize pages on any host, so https: as a whole is allowed.
         self.form_action = "'self' https:" + (" http:" if settings.allow_insecure_urls else "")
+        self.confirmer = reconnect.Confirmer(rt)
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -168,6 +169,70 @@ class ReconnectApp:
             )
         return RedirectResponse(minted.uri, status_code=303, headers=self.headers(""))
 
+    async def report(self, request: Request) -> Response:
+        """The page's script reports MX's oauthComplete message; MX is asked whether it is so."""
+        origin = request.headers.get("origin")
+        if origin is not None and origin != self.public_origin:
+            return self.message(403, "Not allowed", "Not from our page.", json=True)
+        found = await self.view(request.path_params["token"])
+        if isinstance(found, Response):
+            return found
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        now = utc_now()
+        status, reason = reconnect.parse_report(body.get("status"), body.get("error_reason"))
+        click = reconnect.click_from_token(self.rt, body.get("click"), now)
+        await run_in_threadpool(
+            reconnect.record_report, self.rt, found, reconnect.Report(status, reason, click), now
+        )
+        if status != "success":
+            return JSONResponse(
+                {"done": False, "message": "Reconnecting didn't finish. You can try again."},
+                headers=self.headers(""),
+            )
+        if await self.confirmer.confirm(found.target):
+            return JSONResponse(
+                {"done": True, "message": f"You're reconnected to {found.institution}."},
+                headers=self.headers(""),
+            )
+        return JSONResponse(
+            {"done": False, "message": "Thanks! Your bank is still finishing up; "
+                                       "this can take a few minutes."},
+            headers=self.headers(""),
+        )  # fmt: skip
+
+    async def complete(self, request: Request) -> Response:
+        """Where APP flows land (REAUTH_APP_REDIRECT_URL pointing here): record the result,
+        confirm it with MX, send the person back to the app (or show a done page)."""
+        q = request.query_params
+        now = utc_now()
+        status, reason = reconnect.parse_report(q.get("status"), q.get("error_reason"))
+        target = await run_in_threadpool(
+            lambda: reconnect.app_return(
+                self.rt, q.get("state"), q.get("member_guid"),
+                report=reconnect.Report(status, reason), now=now,
+            )
+        )  # fmt: skip
+        confirmed = False
+        if target is not None and status == "success":
+            confirmed = await self.confirmer.confirm(target)
+        back = self.rt.settings.app_return_url
+        if back:
+            return RedirectResponse(back, status_code=303, headers=self.headers(""))
+        if confirmed:
+            return self.message(200, "You're reconnected", "You can close this window.", json=False)
+        if status == "success":
+            return self.message(
+                200, "Thanks!", "Your bank is finishing up. You can close this window.", json=False
+            )
+        return self.message(
+            200, "Reconnecting didn't finish", "Open the app to try again.", json=False
+        )
+
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
 
@@ -206,6 +271,8 @@ def create_app(rt: Runtime) -> Starlette:
     handlers: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
         ("/r/{token}", routes.show, ["GET"]),
         ("/r/{token}", routes.press, ["POST"]),
+        ("/r/{token}/report", routes.report, ["POST"]),
+        ("/oauth/complete", routes.complete, ["GET"]),
         ("/healthz", routes.healthz, ["GET"]),
         ("/readyz", routes.readyz, ["GET"]),
     ]
