@@ -77,3 +77,22 @@ def test_fingerprint_is_stable_and_short() -> None:
     assert fingerprint_uri(URI) == fingerprint_uri(URI)
     assert fingerprint_uri(URI) != fingerprint_uri(URI + "x")
     assert URI_TOKEN not in fingerprint_uri(URI)
+
+
+def test_reconnect_tokens_and_states_do_not_survive(out: io.StringIO) -> None:
+    """Our own bearer links (a reconnect path, an APP state, a click token) are redacted in
+    free text, in stdlib records (a web server's request line) and in exceptions."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from worker.core import tokens
+
+    token = tokens.sign(tokens.RECONNECT, uuid.uuid4(), datetime(2030, 1, 1, tzinfo=UTC), b"k" * 32)
+    log = structlog.get_logger("test")
+    log.info(f"GET /r/{token} 200")
+    logging.getLogger("uvicorn.error").warning("path %s", f"/oauth/complete?state={token}&x=1")
+    log.info("report", body=f"click={token}")
+    text, records = _read(out)
+    assert len(records) == 3
+    assert token not in text
+    assert "/r/[REDACTED]" in text

@@ -46,6 +46,8 @@ URI_KEYS = ("oauth_window_uri", "uri", "url_with_token")
 REDACTED = "[REDACTED]"
 
 _URI_RE = re.compile(r"https?://[^\s\"'<>]+/oauth/[^\s\"'<>]*", re.IGNORECASE)
+#: Our own bearer links: a reconnect token in a path, an APP ``state`` or click token in a query.
+_OUR_TOKEN_RE = re.compile(r"(/r/|(?<![A-Za-z0-9_])(?:state|click)=)[A-Za-z0-9_-]{20,}")
 _known_secrets: set[str] = set()
 
 
@@ -68,6 +70,7 @@ def fingerprint_uri(uri: str) -> str:
 
 def _scrub_text(text: str) -> str:
     text = _URI_RE.sub(lambda m: fingerprint_uri(m.group(0)), text)
+    text = _OUR_TOKEN_RE.sub(lambda m: m.group(1) + REDACTED, text)
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import structlog
 from starlette.applications import Starlette
@@ -114,6 +114,14 @@ class ReconnectApp:
 
     async def show(self, request: Request) -> Response:
         """GET: the page. No MX call, so a prefetching scanner spends nothing."""
+        signin = self.rt.settings.reconnect_signin_url
+        if signin and "from_signin" not in request.query_params:
+            # The app's own sign-in first; it sends the person on to ``next``. A gate for the
+            # experience, not a security boundary (the link itself is the bearer credential).
+            here = f"{self.rt.settings.public_url}{request.url.path}?from_signin=1"
+            return RedirectResponse(
+                f"{signin}?{urlencode({'next': here})}", status_code=303, headers=self.headers("")
+            )
         found = await self.view(request.path_params["token"])
         if isinstance(found, Response):
             return found
