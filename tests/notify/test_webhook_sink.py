@@ -150,6 +150,7 @@ def test_endpoint_answering_500_ends_dead_while_others_are_delivered(
         db_url,
         notify_sink="webhook",
         webhook_url=receiver.url,
+        allow_insecure_urls=True,  # the receiver serves plain http on loopback
         webhook_secret=SECRET,
         webhook_timeout=2,
         notify_max_attempts=3,

@@ -21,7 +21,6 @@ the timeout and never holds up the rest.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
@@ -31,12 +30,10 @@ from datetime import datetime
 import httpx
 
 from worker.clock import utc_now
-from worker.config import Settings
+from worker.config import Settings, webhook_signing_key
 from worker.errors import ConfigError, SinkPermanentError, SinkTransientError
 from worker.notify.sinks import DELIVERED, DeliveryResult, Message, encode
 
-#: Prefix of a secret in the spec's canonical form.
-SECRET_PREFIX = "whsec_"  # noqa: S105 - a format marker, not a secret
 #: Requests in flight per batch; also the connection pool size.
 MAX_CONCURRENCY = 16
 #: Statuses that mean "try again later" although they are 4xx.
@@ -50,20 +47,13 @@ def signing_key(secret: str) -> bytes:
     """The HMAC key for ``secret``: base64-decoded ``whsec_…``, else the raw UTF-8 bytes.
 
     Raises:
-        ConfigError: a ``whsec_`` secret whose remainder is not valid base64, or an empty secret.
+        ConfigError: the secret is malformed or shorter than 24 bytes of key (the rules live
+            in :func:`worker.config.webhook_signing_key`, which also checks it at load).
     """
-    if secret.startswith(SECRET_PREFIX):
-        try:
-            key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError(
-                "REAUTH_WEBHOOK_SECRET: a whsec_ secret must be followed by valid base64"
-            ) from None
-    else:
-        key = secret.encode()
-    if not key:
-        raise ConfigError("REAUTH_WEBHOOK_SECRET: must not be empty")
-    return key
+    try:
+        return webhook_signing_key(secret)
+    except ValueError as exc:
+        raise ConfigError(f"REAUTH_WEBHOOK_SECRET: {exc}") from None
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
