@@ -22,7 +22,7 @@ from worker.config import Settings
 from worker.errors import ConfigError, SinkPermanentError, SinkTransientError
 from worker.notify.relay import dispatch_pending
 from worker.notify.sinks import build_sink
-from worker.notify.webhook import WebhookSink, classify, signed_headers, signing_key
+from worker.notify.webhook import WebhookSink, classify, sign, signed_headers, signing_key
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 MESSAGE = {"id": "6f1c2c1e-4a4e-4a43-9a5e-1b8d3f7f0a11", "type": "reauth.oauth_link"}
@@ -60,6 +60,28 @@ def test_raw_secret_is_used_as_its_utf8_bytes() -> None:
     body = json.dumps(MESSAGE)
     headers = signed_headers(signing_key(raw), MESSAGE["id"], body, now=datetime.now(UTC))
     assert Webhook(raw.encode()).verify(body, headers) == MESSAGE
+
+
+#: Signatures the hand-written HMAC code produced before signing moved to the standardwebhooks
+#: library (id and body of MESSAGE, compact JSON, timestamp 2026-03-02T09:00:00Z).
+GOLDEN_TIMESTAMP = 1772442000
+GOLDEN_BODY = '{"id":"6f1c2c1e-4a4e-4a43-9a5e-1b8d3f7f0a11","type":"reauth.oauth_link"}'
+GOLDEN = [
+    (SECRET, "v1,KUqT7j5btOJt40Iepg3iAb66kZZP952Ii+GMMzUfk20="),
+    ("not-base64-just-a-passphrase!", "v1,0xaWVUuPCFAh4e4aAqyUPap76DCCIIfwvQkF5Zm8KAs="),
+]
+
+
+@pytest.mark.parametrize(("secret", "expected"), GOLDEN, ids=["whsec", "raw"])
+def test_signatures_are_unchanged_by_the_library(secret: str, expected: str) -> None:
+    """Signing through ``standardwebhooks`` gives today's signatures, for a ``whsec_`` and for a
+    raw secret (the library is handed the key bytes, so it never base64-decodes a raw one)."""
+    key = signing_key(secret)
+    assert sign(key, MESSAGE["id"], GOLDEN_TIMESTAMP, GOLDEN_BODY) == expected
+    at = datetime.fromtimestamp(GOLDEN_TIMESTAMP, UTC)
+    headers = signed_headers(key, MESSAGE["id"], GOLDEN_BODY, now=at)
+    assert headers["webhook-signature"] == expected
+    assert headers["webhook-timestamp"] == str(GOLDEN_TIMESTAMP)
 
 
 @pytest.mark.parametrize("secret", ["whsec_not*base64", ""])

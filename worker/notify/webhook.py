@@ -1,6 +1,7 @@
 """The webhook sink: POST each message as JSON, signed per the Standard Webhooks scheme.
 
-Signing (https://www.standardwebhooks.com/, "Signature scheme"):
+Signing (https://www.standardwebhooks.com/, "Signature scheme"), done by the reference
+``standardwebhooks`` library:
 
 * ``webhook-id``: the notification id, stable across redeliveries (the receiver's dedupe key);
 * ``webhook-timestamp``: integer Unix seconds at send time; receivers reject old timestamps,
@@ -8,8 +9,10 @@ Signing (https://www.standardwebhooks.com/, "Signature scheme"):
 * ``webhook-signature``: ``v1,`` + base64 HMAC-SHA256 of ``f"{id}.{timestamp}.{body}"``.
 
 The key: a secret of the form ``whsec_<base64>`` is base64-decoded, as the spec says; any other
-secret is used as its raw UTF-8 bytes (verify it with ``Webhook(secret.encode())``; the
-``standardwebhooks`` library would otherwise try to base64-decode a ``str``).
+secret is used as its raw UTF-8 bytes (verify it with ``Webhook(secret.encode())``). The library
+is handed the key *bytes*, because given a ``str`` it base64-decodes it, leniently: a raw secret
+would then sign differently than it always has. The secret's rules (at least 24 bytes of key)
+are :func:`worker.config.webhook_signing_key`, checked when the settings load.
 
 Status handling: 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are transient
 (Retry-After honoured); any other status (4xx, and 3xx since redirects are not followed) is
@@ -20,14 +23,12 @@ the timeout and never holds up the rest.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
+from standardwebhooks.webhooks import Webhook
 
 from worker.clock import utc_now
 from worker.config import Settings, webhook_signing_key
@@ -58,8 +59,7 @@ def signing_key(secret: str) -> bytes:
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
     """The ``webhook-signature`` header value for one message."""
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
+    return Webhook(key).sign(msg_id, datetime.fromtimestamp(timestamp, UTC), body)
 
 
 def signed_headers(key: bytes, msg_id: str, body: str, *, now: datetime) -> dict[str, str]:
