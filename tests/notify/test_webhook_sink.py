@@ -14,15 +14,25 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from notify_helpers import NOW, Receiver, add_notification, get_row
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from worker.config import Settings
+from worker.core.retry_after import parse_retry_after
 from worker.errors import ConfigError, SinkPermanentError, SinkTransientError
 from worker.notify.relay import dispatch_pending
 from worker.notify.sinks import build_sink
-from worker.notify.webhook import WebhookSink, classify, sign, signed_headers, signing_key
+from worker.notify.webhook import (
+    MAX_RETRY_AFTER,
+    WebhookSink,
+    classify,
+    sign,
+    signed_headers,
+    signing_key,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 MESSAGE = {"id": "6f1c2c1e-4a4e-4a43-9a5e-1b8d3f7f0a11", "type": "reauth.oauth_link"}
@@ -113,10 +123,48 @@ def test_status_classification(status: int, expected: type[Exception] | None) ->
 
 
 def test_retry_after_seconds_are_passed_on() -> None:
-    """A 429's Retry-After (seconds form) reaches the relay; an HTTP date is ignored."""
+    """A 429's Retry-After (seconds form) reaches the relay; an HTTP date in the past asks for
+    no wait."""
     assert classify(httpx.Response(429, headers={"retry-after": "120"})).retry_after == 120
     dated = httpx.Response(503, headers={"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
     assert classify(dated).retry_after is None
+
+
+RETRY_NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("1.5", 1.5),
+        ("0", None),  # no wait asked: the relay's own backoff applies
+        ("99999999", 3600.0),  # capped at an hour
+        ("9" * 400, 3600.0),  # float() makes this inf: still capped, no error
+        ("Mon, 02 Mar 2026 09:02:00 GMT", 120.0),  # an HTTP date, against the sink's clock
+        ("Mon, 02 Mar 2026 08:00:00 GMT", None),  # a date that has passed
+        ("Mon, 02 Mar 2026 09:02:00 -0000", None),  # no usable zone
+        ("-5", None),
+        ("1e3", None),
+        ("inf", None),
+        ("nan", None),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_retry_after_forms(value: str, seconds: float | None) -> None:
+    """The shared parser (worker.core.retry_after) as the webhook sink uses it: delta-seconds
+    or an HTTP date, at most MAX_RETRY_AFTER; anything else asks for nothing."""
+    response = httpx.Response(503, headers={"retry-after": value})
+    assert classify(response, now=lambda: RETRY_NOW).retry_after == seconds
+
+
+@given(st.one_of(st.none(), st.text(max_size=60), st.integers().map(str), st.floats().map(str)))
+def test_retry_after_parser_never_raises(value: str | None) -> None:
+    """Whatever a receiver (or MX) sends: None or a number of seconds in (0, cap]."""
+    seconds = parse_retry_after(value, lambda: RETRY_NOW, cap=MAX_RETRY_AFTER)
+    assert seconds is None or 0 < seconds <= MAX_RETRY_AFTER
 
 
 def test_delivered_request_is_signed_and_carries_the_message(receiver: Receiver) -> None:

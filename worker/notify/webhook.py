@@ -15,10 +15,10 @@ would then sign differently than it always has. The secret's rules (at least 24 
 are :func:`worker.config.webhook_signing_key`, checked when the settings load.
 
 Status handling: 2xx is delivered; 408, 429, 5xx, timeouts and connection errors are transient
-(Retry-After honoured); any other status (4xx, and 3xx since redirects are not followed) is
-permanent and the notification goes dead at once. Messages of a batch are sent concurrently
-from a bounded thread pool, each with its own timeout, so one slow receiver path costs at most
-the timeout and never holds up the rest.
+(Retry-After honoured, in seconds or as an HTTP date, at most an hour); any other status (4xx,
+and 3xx since redirects are not followed) is permanent and the notification goes dead at once.
+Messages of a batch are sent concurrently from a bounded thread pool, each with its own timeout,
+so one slow receiver path costs at most the timeout and never holds up the rest.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from standardwebhooks.webhooks import Webhook
 
 from worker.clock import utc_now
 from worker.config import Settings, webhook_signing_key
+from worker.core.retry_after import parse_retry_after
 from worker.errors import ConfigError, SinkPermanentError, SinkTransientError
 from worker.notify.sinks import DELIVERED, DeliveryResult, Message, encode
 
@@ -74,26 +75,17 @@ def signed_headers(key: bytes, msg_id: str, body: str, *, now: datetime) -> dict
     }
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds (the delta-seconds form only; an HTTP date is ignored)."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return min(seconds, MAX_RETRY_AFTER) if seconds > 0 else None
-
-
-def classify(response: httpx.Response) -> DeliveryResult:
+def classify(response: httpx.Response, *, now: Callable[[], datetime] = utc_now) -> DeliveryResult:
     """Map a receiver's answer to a delivery result (see the module docstring)."""
     status = response.status_code
     if 200 <= status < 300:
         return DELIVERED
     if status in RETRYABLE_4XX or status >= 500:
+        retry_after = parse_retry_after(
+            response.headers.get("retry-after"), now, cap=MAX_RETRY_AFTER
+        )
         return DeliveryResult(
-            SinkTransientError(f"webhook answered {status}"), retry_after=_retry_after(response)
+            SinkTransientError(f"webhook answered {status}"), retry_after=retry_after
         )
     return DeliveryResult(SinkPermanentError(f"webhook answered {status}"))
 
@@ -154,7 +146,7 @@ class WebhookSink:
         except httpx.HTTPError as exc:
             # Only the class name: httpx messages can carry the URL, which may hold a token.
             return DeliveryResult(SinkTransientError(f"webhook {exc.__class__.__name__}"))
-        return classify(response)
+        return classify(response, now=self._clock)
 
     def deliver(self, messages: Sequence[Message]) -> list[DeliveryResult]:
         if not messages:

@@ -1,0 +1,1 @@
+"""The pure core: no IO library imports."""
