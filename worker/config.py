@@ -258,7 +258,7 @@ def _check_redis_url(value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
-def _check_redirect_url(value: str, what: str) -> str:
+def _check_redirect_url(value: str) -> str:
     """A redirect URL or allow-list prefix: ``scheme://``; http(s) ones must name a host.
 
     Custom app schemes (``exampleapp://``) route only to the app that registered them, so a
@@ -267,13 +267,13 @@ def _check_redirect_url(value: str, what: str) -> str:
     parts = _split_url(value)
     scheme = parts.scheme.lower()
     if scheme in _DANGEROUS_SCHEMES:
-        raise ValueError(f"{what} must not use the {scheme}: scheme")
+        raise ValueError(f"must not use the {scheme}: scheme")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise ValueError(f"{what} must not carry user information (user@host)")
+        raise ValueError("must not carry user information (user@host)")
     if scheme in _DEFAULT_PORTS and not parts.hostname:
-        raise ValueError(f"{what} must name a host (https://host/...)")
+        raise ValueError("must name a host (https://host/...)")
     if _normalised_url(value) is None:
-        raise ValueError(f"{what} must not contain an encoded slash or backslash (%2f, %5c)")
+        raise ValueError("must not contain an encoded slash or backslash (%2f, %5c)")
     return value
 
 
@@ -577,7 +577,7 @@ class Settings(BaseSettings):
     @field_validator("app_redirect_url")
     @classmethod
     def _check_app_redirect_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_redirect_url(value, "the URL")
+        return None if value is None else _check_redirect_url(value)
 
     @field_validator("allowed_redirect_prefixes", mode="before")
     @classmethod
@@ -588,7 +588,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_prefixes(cls, value: list[str]) -> list[str]:
         for index, prefix in enumerate(value, start=1):
-            _check_redirect_url(prefix, f"prefix {index}")
+            try:
+                _check_redirect_url(prefix)
+            except ValueError as exc:
+                raise ValueError(f"prefix {index}: {exc}") from None
         return value
 
     @field_validator("reminder_schedule", mode="before")
@@ -602,7 +605,7 @@ class Settings(BaseSettings):
             try:
                 parsed.append(_parse_duration(item, _REMINDER_RANGE))
             except ValueError as exc:
-                raise ValueError(f"offset {index} {exc}") from None
+                raise ValueError(f"offset {index}: {exc}") from None
         return parsed
 
     @field_validator(*_DURATION_RANGES, mode="before")
@@ -625,7 +628,7 @@ class Settings(BaseSettings):
             try:
                 _check_duration(offset, _REMINDER_RANGE)
             except ValueError as exc:
-                raise ValueError(f"offset {index} {exc}") from None
+                raise ValueError(f"offset {index}: {exc}") from None
         # Strictly: two equal offsets would send two reminders at the same moment.
         if any(b <= a for a, b in pairwise(value)):
             raise ValueError("offsets must be non-negative and in strictly increasing order")
