@@ -72,11 +72,13 @@ def settings(base: str, concurrency: int) -> Settings:
         mx_api="platform",
         mx_base_url=base,
         mx_sso_base_url=f"{base}/sso",
+        allow_insecure_urls=True,  # the sandbox serves plain http
         mx_client_id=CLIENT_ID,
         mx_api_key=API_KEY,
         mx_max_concurrency=concurrency,
         mx_rate_limit_per_second=1_000_000.0,
         mx_timeout=60.0,
+        claim_lease="3m",  # at least three MX timeouts (the settings refuse less)
         redis_url=None,
     )
 

@@ -286,6 +286,7 @@ def reauth_env(db_url: str, sandbox: Sandbox, **extra: str) -> dict[str, str]:
             "REAUTH_MX_API": "nexus",
             "REAUTH_MX_BASE_URL": sandbox.base_url,
             "REAUTH_MX_SSO_BASE_URL": f"{sandbox.base_url}/sso",
+            "REAUTH_ALLOW_INSECURE_URLS": "true",  # the sandbox serves plain http
             "REAUTH_MX_CLIENT_ID": CLIENT_ID,
             "REAUTH_MX_API_KEY": API_KEY,
             "REAUTH_MX_RATE_LIMIT_PER_SECOND": "100000",

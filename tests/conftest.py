@@ -192,6 +192,7 @@ def env(db_url: str, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -
         "REAUTH_DATABASE_URL": db_url,
         "REAUTH_MX_BASE_URL": sandbox.base_url,
         "REAUTH_MX_SSO_BASE_URL": sandbox.sso_base_url,
+        "REAUTH_ALLOW_INSECURE_URLS": "true",
         "REAUTH_MX_CLIENT_ID": DEFAULT_CLIENT_ID,
         "REAUTH_MX_API_KEY": DEFAULT_API_KEY,
         "REAUTH_APP_REDIRECT_URL": REDIRECT,

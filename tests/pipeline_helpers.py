@@ -223,6 +223,7 @@ def make_settings(db_url: str, sb: Any, **extra: Any) -> Any:
         database_url=db_url,
         mx_base_url=sb.base_url,
         mx_sso_base_url=sb.sso_base_url,
+        allow_insecure_urls=True,  # the sandbox serves plain http on loopback
         mx_client_id=DEFAULT_CLIENT_ID,
         mx_api_key=DEFAULT_API_KEY,
         app_redirect_url=REDIRECT,

@@ -156,6 +156,8 @@ def demo_settings(base: Settings, sandbox_url: str, sso_url: str) -> Settings:
     update: dict[str, Any] = {
         "mx_base_url": sandbox_url,
         "mx_sso_base_url": sso_url,
+        # The in-process sandbox serves plain http on loopback.
+        "allow_insecure_urls": True,
         "mx_client_id": DEFAULT_CLIENT_ID,
         "mx_api_key": base.mx_api_key.__class__(DEFAULT_API_KEY),
         "app_redirect_url": DEMO_REDIRECT,

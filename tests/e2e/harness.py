@@ -43,6 +43,7 @@ def reauth_env(
             "REAUTH_REDIS_URL": redis_url,
             "REAUTH_MX_BASE_URL": mx_base_url,
             "REAUTH_MX_SSO_BASE_URL": mx_sso_base_url,
+            "REAUTH_ALLOW_INSECURE_URLS": "true",  # the sandbox serves plain http on loopback
             "REAUTH_MX_CLIENT_ID": DEFAULT_CLIENT_ID,
             "REAUTH_MX_API_KEY": DEFAULT_API_KEY,
             "REAUTH_APP_REDIRECT_URL": REDIRECT,

@@ -115,7 +115,11 @@ def test_build_sink_follows_effective_notify_sink(
         ({}, FileSink),
         ({"redis_url": "redis://127.0.0.1:6379/15"}, RedisStreamSink),
         (
-            {"notify_sink": "webhook", "webhook_url": "http://x/h", "webhook_secret": "s3cret"},
+            {
+                "notify_sink": "webhook",
+                "webhook_url": "https://hooks.example.com/h",
+                "webhook_secret": "a-raw-secret-of-24-bytes-or-more",
+            },
             WebhookSink,
         ),
         ({"notify_sink": "celery", "redis_url": "redis://127.0.0.1:6379/15"}, CelerySink),

@@ -14,15 +14,25 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from notify_helpers import NOW, Receiver, add_notification, get_row
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from worker.config import Settings
+from worker.core.retry_after import parse_retry_after
 from worker.errors import ConfigError, SinkPermanentError, SinkTransientError
 from worker.notify.relay import deliver_batch
 from worker.notify.sinks import build_sink
-from worker.notify.webhook import WebhookSink, classify, signed_headers, signing_key
+from worker.notify.webhook import (
+    MAX_RETRY_AFTER,
+    WebhookSink,
+    classify,
+    sign,
+    signed_headers,
+    signing_key,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 MESSAGE = {"id": "6f1c2c1e-4a4e-4a43-9a5e-1b8d3f7f0a11", "type": "reauth.oauth_link"}
@@ -62,6 +72,28 @@ def test_raw_secret_is_used_as_its_utf8_bytes() -> None:
     assert Webhook(raw.encode()).verify(body, headers) == MESSAGE
 
 
+#: Signatures the hand-written HMAC code produced before signing moved to the standardwebhooks
+#: library (id and body of MESSAGE, compact JSON, timestamp 2026-03-02T09:00:00Z).
+GOLDEN_TIMESTAMP = 1772442000
+GOLDEN_BODY = '{"id":"6f1c2c1e-4a4e-4a43-9a5e-1b8d3f7f0a11","type":"reauth.oauth_link"}'
+GOLDEN = [
+    (SECRET, "v1,KUqT7j5btOJt40Iepg3iAb66kZZP952Ii+GMMzUfk20="),
+    ("not-base64-just-a-passphrase!", "v1,0xaWVUuPCFAh4e4aAqyUPap76DCCIIfwvQkF5Zm8KAs="),
+]
+
+
+@pytest.mark.parametrize(("secret", "expected"), GOLDEN, ids=["whsec", "raw"])
+def test_signatures_are_unchanged_by_the_library(secret: str, expected: str) -> None:
+    """Signing through ``standardwebhooks`` gives today's signatures, for a ``whsec_`` and for a
+    raw secret (the library is handed the key bytes, so it never base64-decodes a raw one)."""
+    key = signing_key(secret)
+    assert sign(key, MESSAGE["id"], GOLDEN_TIMESTAMP, GOLDEN_BODY) == expected
+    at = datetime.fromtimestamp(GOLDEN_TIMESTAMP, UTC)
+    headers = signed_headers(key, MESSAGE["id"], GOLDEN_BODY, now=at)
+    assert headers["webhook-signature"] == expected
+    assert headers["webhook-timestamp"] == str(GOLDEN_TIMESTAMP)
+
+
 @pytest.mark.parametrize("secret", ["whsec_not*base64", ""])
 def test_unusable_secret_is_a_config_error(secret: str) -> None:
     """A malformed whsec_ secret or an empty one is refused up front, naming the variable."""
@@ -91,10 +123,48 @@ def test_status_classification(status: int, expected: type[Exception] | None) ->
 
 
 def test_retry_after_seconds_are_passed_on() -> None:
-    """A 429's Retry-After (seconds form) reaches the relay; an HTTP date is ignored."""
+    """A 429's Retry-After (seconds form) reaches the relay; an HTTP date in the past asks for
+    no wait."""
     assert classify(httpx.Response(429, headers={"retry-after": "120"})).retry_after == 120
     dated = httpx.Response(503, headers={"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
     assert classify(dated).retry_after is None
+
+
+RETRY_NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("1.5", 1.5),
+        ("0", None),  # no wait asked: the relay's own backoff applies
+        ("99999999", 3600.0),  # capped at an hour
+        ("9" * 400, 3600.0),  # float() makes this inf: still capped, no error
+        ("Mon, 02 Mar 2026 09:02:00 GMT", 120.0),  # an HTTP date, against the sink's clock
+        ("Mon, 02 Mar 2026 08:00:00 GMT", None),  # a date that has passed
+        ("Mon, 02 Mar 2026 09:02:00 -0000", None),  # no usable zone
+        ("-5", None),
+        ("1e3", None),
+        ("inf", None),
+        ("nan", None),
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_retry_after_forms(value: str, seconds: float | None) -> None:
+    """The shared parser (worker.core.retry_after) as the webhook sink uses it: delta-seconds
+    or an HTTP date, at most MAX_RETRY_AFTER; anything else asks for nothing."""
+    response = httpx.Response(503, headers={"retry-after": value})
+    assert classify(response, now=lambda: RETRY_NOW).retry_after == seconds
+
+
+@given(st.one_of(st.none(), st.text(max_size=60), st.integers().map(str), st.floats().map(str)))
+def test_retry_after_parser_never_raises(value: str | None) -> None:
+    """Whatever a receiver (or MX) sends: None or a number of seconds in (0, cap]."""
+    seconds = parse_retry_after(value, lambda: RETRY_NOW, cap=MAX_RETRY_AFTER)
+    assert seconds is None or 0 < seconds <= MAX_RETRY_AFTER
 
 
 def test_delivered_request_is_signed_and_carries_the_message(receiver: Receiver) -> None:
@@ -150,6 +220,7 @@ def test_endpoint_answering_500_ends_dead_while_others_are_delivered(
         db_url,
         notify_sink="webhook",
         webhook_url=receiver.url,
+        allow_insecure_urls=True,  # the receiver serves plain http on loopback
         webhook_secret=SECRET,
         webhook_timeout=2,
         notify_max_attempts=3,

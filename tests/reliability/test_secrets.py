@@ -176,6 +176,7 @@ def test_in_process_pipeline_at_debug_logs_no_secret(
         notify_file=str(tmp_path / "out.jsonl"),
         backoff_base=timedelta(seconds=1),
         backoff_cap=timedelta(seconds=2),
+        allow_insecure_urls=True,
     )
     rt = Runtime(settings)
     offset = timedelta(0)
@@ -232,7 +233,8 @@ def test_redirect_outside_the_allow_list_is_refused_when_config_loads(
     assert res.returncode == 2, text
     assert "REAUTH_APP_REDIRECT_URL" in text
     assert "Traceback" not in text
-    with pytest.raises(ConfigError, match="allow-listed"):
+    # "allow-listed", or refused even before matching (user information in the URL).
+    with pytest.raises(ConfigError, match="REAUTH_APP_REDIRECT_URL"):
         load_settings(
             app_redirect_url=url,
             allowed_redirect_prefixes=[p for p in prefixes.split(",") if p],

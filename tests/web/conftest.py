@@ -59,3 +59,22 @@ def served(db_url: str, sandbox: RunningSandbox, tmp_path: Path) -> Iterator[Ser
     finally:
         web.close()
         worker.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the session (skipped loudly without it; CI installs it)."""
+    from tests.conftest import unavailable
+    from tests.web.browser import chromium_path
+
+    path = chromium_path()
+    if path is None:
+        unavailable("Chromium (apt-get install chromium)", FileNotFoundError("chromium"))
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"], headless=True)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.web.browser import browser, shot  # noqa: F401  (the fixture is used by name)
+from tests.web.browser import shot
 from tests.web.conftest import Served
 
 pytestmark = pytest.mark.browser
