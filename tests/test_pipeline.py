@@ -289,8 +289,8 @@ def test_heartbeat_keeps_a_slow_batch_claimed_past_its_lease(
     settings = make_settings(
         db_url,
         sandbox,
-        claim_lease=timedelta(seconds=0.6),
-        claim_heartbeat=timedelta(seconds=0.2),
+        claim_lease=timedelta(seconds=3),
+        claim_heartbeat=timedelta(seconds=1),
     )
     rt = Runtime(settings, inline=True)
     try:
@@ -298,11 +298,11 @@ def test_heartbeat_keeps_a_slow_batch_claimed_past_its_lease(
         owner = new_owner()
         with rt.sessions.begin() as s:
             page = claim_due(s, now=utc_now(), owner=owner, lease=settings.claim_lease, limit=100)
-        sandbox.config.latency = 1.0
+        sandbox.config.latency = 2.0  # token, session, URI in a row: about 6 s
         taken: list[int] = []
 
         def competitor() -> None:
-            time.sleep(1.5)  # well past the 0.6 s lease, while MX is still answering
+            time.sleep(4.5)  # well past the 3 s lease, while MX is still answering
             with rt.sessions.begin() as s:
                 other = claim_due(s, now=utc_now(), owner="B", lease=timedelta(1), limit=100)
             taken.extend(other.ids)
@@ -312,7 +312,7 @@ def test_heartbeat_keeps_a_slow_batch_claimed_past_its_lease(
         started = time.monotonic()
         result = regenerate_batch(rt, page.ids, owner, clock=utc_now)
         thread.join()
-        assert time.monotonic() - started > 1.5, "the batch should outlive the competitor's try"
+        assert time.monotonic() - started > 4.5, "the batch should outlive the competitor's try"
         assert taken == [], "a live batch's members were claimed by someone else"
         assert result.outcomes["lease_lost"] == 0
         assert result.notifications > 0

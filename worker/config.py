@@ -60,8 +60,6 @@ NOT_SETTINGS_PREFIXES = ("REAUTH_TEST_", "REAUTH_BENCH_", "REAUTH_FAILPOINT", "R
 NEXUS_SESSION_LIFETIME = timedelta(minutes=30)
 #: Shortest webhook signing key, in bytes (the Standard Webhooks spec: 24 to 64 bytes).
 MIN_WEBHOOK_KEY_BYTES = 24
-#: A claim lease must outlast this many MX timeouts (see :meth:`Settings._relations`).
-LEASE_TIMEOUTS = 3
 
 log = logging.getLogger(__name__)
 
@@ -794,25 +792,8 @@ class Settings(BaseSettings):
                 "REAUTH_MX_TIMEOUT must be below REAUTH_TASK_TIME_LIMIT, or one slow MX call "
                 "outlives the task that made it"
             )
-        # A batch renews its claims when it starts, then a member may wait on three MX calls in
-        # a row (API token, session, URI): a shorter lease lets a rerun or the next scan take
-        # members this batch still holds.
-        if self.claim_lease.total_seconds() < LEASE_TIMEOUTS * self.mx_timeout:
-            problems.append(
-                f"REAUTH_CLAIM_LEASE must be at least {LEASE_TIMEOUTS} x REAUTH_MX_TIMEOUT "
-                f"({LEASE_TIMEOUTS * self.mx_timeout:g}s), or another worker takes members a "
-                "running batch still holds"
-            )
-        # Likewise the relay's claim must outlast a few webhook deliveries of one batch.
-        if (
-            self.effective_notify_sink is NotifySink.WEBHOOK
-            and self.notify_lease.total_seconds() < LEASE_TIMEOUTS * self.webhook_timeout
-        ):
-            problems.append(
-                f"REAUTH_NOTIFY_LEASE must be at least {LEASE_TIMEOUTS} x REAUTH_WEBHOOK_TIMEOUT "
-                f"({LEASE_TIMEOUTS * self.webhook_timeout:g}s) with the webhook sink, or another "
-                "relay delivers a batch that is still being delivered"
-            )
+        # Leases are renewed by a heartbeat while a batch (or a relay delivery) is alive, so
+        # they need to outlast a few heartbeats (checked below), not the calls themselves.
         if self.backoff_base > self.backoff_cap:
             problems.append("REAUTH_BACKOFF_BASE must not be above REAUTH_BACKOFF_CAP")
         return problems

@@ -132,8 +132,8 @@ def test_numbers_out_of_range_are_refused(
         ({"REAUTH_MX_SESSION_MARGIN": "31m"}, ["REAUTH_MX_SESSION_MARGIN", "30 minutes"]),
         ({"REAUTH_MX_SESSION_MARGIN": "30m"}, ["REAUTH_MX_SESSION_MARGIN", "30 minutes"]),
         (
-            {"REAUTH_CLAIM_LEASE": "20s", "REAUTH_MX_TIMEOUT": "10"},
-            ["REAUTH_CLAIM_LEASE", "REAUTH_MX_TIMEOUT"],
+            {"REAUTH_CLAIM_LEASE": "20s", "REAUTH_CLAIM_HEARTBEAT": "10s"},
+            ["REAUTH_CLAIM_LEASE", "REAUTH_CLAIM_HEARTBEAT"],
         ),
         (
             {"REAUTH_BACKOFF_BASE": "30m", "REAUTH_BACKOFF_CAP": "10m"},
@@ -148,8 +148,8 @@ def test_numbers_out_of_range_are_refused(
             ["REAUTH_MX_TIMEOUT", "REAUTH_TASK_TIME_LIMIT"],
         ),
         (
-            {**WEBHOOK, "REAUTH_WEBHOOK_TIMEOUT": "60", "REAUTH_NOTIFY_LEASE": "1m"},
-            ["REAUTH_NOTIFY_LEASE", "REAUTH_WEBHOOK_TIMEOUT"],
+            {"REAUTH_NOTIFY_LEASE": "15s", "REAUTH_CLAIM_HEARTBEAT": "10s"},
+            ["REAUTH_NOTIFY_LEASE", "REAUTH_CLAIM_HEARTBEAT"],
         ),
         (
             {"REAUTH_TASK_TIME_LIMIT": "900"},
@@ -182,6 +182,7 @@ def test_the_defaults_and_the_test_settings_still_load() -> None:
     load_settings(
         claim_lease=timedelta(seconds=3),
         notify_lease=timedelta(seconds=3),
+        claim_heartbeat=timedelta(seconds=1),
         mx_timeout=1,
         task_time_limit=25,
         visibility_timeout=30,

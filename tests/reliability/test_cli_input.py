@@ -79,6 +79,8 @@ def test_database_down_is_one_line(capsys: pytest.CaptureFixture[str], monkeypat
     monkeypatch.setenv(
         "REAUTH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"
     )
+    monkeypatch.setenv("REAUTH_MX_CLIENT_ID", "client")
+    monkeypatch.setenv("REAUTH_MX_API_KEY", "key-key-key")
     for argv in (["status"], ["scan", "--inline"]):
         code, out = cli(capsys, *argv)
         assert code == 1, out
@@ -121,3 +123,17 @@ def test_interrupted_scan_releases_its_page_and_is_recorded(runtime: Runtime) ->
         run = conn.execute(select(ScanRun.interrupted, ScanRun.trigger)).one()
     assert held == []
     assert tuple(run) == (True, "cli")
+
+
+@pytest.mark.parametrize(
+    "argv", [["scan", "--inline"], ["rerun", "MBR-1", "--why", "x", "--inline"]]
+)
+def test_commands_that_call_mx_need_credentials(
+    argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """No MX client id or key: one message naming both variables, exit 2, before any work."""
+    monkeypatch.setenv("REAUTH_DATABASE_URL", f"sqlite:///{tmp_path}/x.db")
+    code, out = cli(capsys, *argv)
+    assert code == 2
+    assert "REAUTH_MX_CLIENT_ID" in out
+    assert "REAUTH_MX_API_KEY" in out

@@ -18,6 +18,8 @@ def _celery(argv: list[str]) -> None:
     settings = setup()
     if settings.broker_url is None:
         raise ConfigError("REAUTH_BROKER_URL is not set; the worker and beat need a broker")
+    if argv[0] == "worker":
+        settings.require_mx_credentials()
     if settings.metrics_port and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Prefork children count in their own processes; multiprocess mode lets the parent
         # serve their sum. Must be set before prometheus_client is first imported.

@@ -74,6 +74,7 @@ def scan(
     if _use_inline(settings, inline):
         from worker.app import jobs
 
+        settings.require_mx_credentials()
         with runtime(settings, inline=True) as rt:
             result = jobs.scan(rt, clock=utc_now, trigger="cli", limit=limit, reason=want).as_dict()
             fault = _fault(result, rt.followups)
@@ -172,6 +173,8 @@ def rerun(
     if not why.strip():
         raise InputError("--why must say why")
     use_inline = _use_inline(settings, inline)
+    if use_inline:
+        settings.require_mx_credentials()
     now = utc_now()
     owner = leases.new_owner()
     with runtime(settings, inline=use_inline) as rt:

@@ -27,6 +27,7 @@ def serve(
             "reauth serve needs REAUTH_PUBLIC_URL (the https URL people reach this service at) "
             "and REAUTH_RECONNECT_SECRETS (at least one key of 32+ bytes)"
         )
+    settings.require_mx_credentials()
     rt = Runtime(settings)
     try:
         # No access log: request paths carry reconnect tokens.
