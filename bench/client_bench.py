@@ -78,6 +78,7 @@ def settings(base: str, concurrency: int) -> Settings:
         mx_rate_limit_per_second=1_000_000.0,
         mx_timeout=60.0,
         redis_url=None,
+        allow_insecure_urls=True,
     )
 
 

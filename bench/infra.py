@@ -268,6 +268,7 @@ def reauth_env(db_url: str, sandbox: Sandbox, **extra: str) -> dict[str, str]:
             "REAUTH_MX_SSO_BASE_URL": f"{sandbox.base_url}/sso",
             "REAUTH_MX_CLIENT_ID": CLIENT_ID,
             "REAUTH_MX_API_KEY": API_KEY,
+            "REAUTH_ALLOW_INSECURE_URLS": "true",
             "REAUTH_MX_RATE_LIMIT_PER_SECOND": "100000",
             "REAUTH_MX_TIMEOUT": "30",
             "REAUTH_NOTIFY_SINK": "redis-stream",

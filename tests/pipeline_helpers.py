@@ -166,5 +166,6 @@ def make_settings(db_url: str, sb: Any, **extra: Any) -> Any:
         allowed_redirect_prefixes=[REDIRECT],
         notify_sink="file",
         batch_size=25,
+        allow_insecure_urls=True,
         **extra,
     )

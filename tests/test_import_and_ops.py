@@ -96,6 +96,7 @@ def env(db_url: str, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -
         "REAUTH_MX_SSO_BASE_URL": sandbox.sso_base_url,
         "REAUTH_MX_CLIENT_ID": DEFAULT_CLIENT_ID,
         "REAUTH_MX_API_KEY": DEFAULT_API_KEY,
+        "REAUTH_ALLOW_INSECURE_URLS": "true",
         "REAUTH_APP_REDIRECT_URL": REDIRECT,
         "REAUTH_APP_URL_SCHEME": SCHEME,
         "REAUTH_ALLOWED_REDIRECT_PREFIXES": REDIRECT,

@@ -124,6 +124,7 @@ def demo_settings(base: Settings, sandbox_url: str, sso_url: str) -> Settings:
         "app_redirect_url": DEMO_REDIRECT,
         "app_url_scheme": DEMO_SCHEME,
         "allowed_redirect_prefixes": [DEMO_REDIRECT],
+        "allow_insecure_urls": True,  # the in-process sandbox speaks plain http on loopback
     }
     if base.notify_sink is None and base.redis_url is None:
         update["notify_sink"] = NotifySink.FILE

@@ -45,6 +45,7 @@ def reauth_env(
             "REAUTH_MX_SSO_BASE_URL": mx_sso_base_url,
             "REAUTH_MX_CLIENT_ID": DEFAULT_CLIENT_ID,
             "REAUTH_MX_API_KEY": DEFAULT_API_KEY,
+            "REAUTH_ALLOW_INSECURE_URLS": "true",
             "REAUTH_APP_REDIRECT_URL": REDIRECT,
             "REAUTH_APP_URL_SCHEME": SCHEME,
             "REAUTH_ALLOWED_REDIRECT_PREFIXES": REDIRECT,

@@ -62,6 +62,7 @@ class MxEnv:
             "redis_url": self.redis_url,
             "mx_timeout": 2.0,
             "mx_rate_limit_per_second": 100_000.0,
+            "allow_insecure_urls": True,
         }
         values.update(overrides)
         return Settings(**values)

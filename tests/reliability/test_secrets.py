@@ -161,7 +161,7 @@ def test_in_process_pipeline_at_debug_logs_no_secret(
         mx_sso_base_url=sb.sso_base_url, mx_client_id=DEFAULT_CLIENT_ID, mx_api_key=API_KEY,
         app_redirect_url=REDIRECT, allowed_redirect_prefixes=[REDIRECT], notify_sink="file",
         notify_file=str(tmp_path / "out.jsonl"), backoff_base=timedelta(seconds=1),
-        backoff_cap=timedelta(seconds=2),
+        backoff_cap=timedelta(seconds=2), allow_insecure_urls=True,
     )  # fmt: skip
     rt = Runtime(settings)
     offset = timedelta(0)
