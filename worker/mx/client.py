@@ -181,11 +181,14 @@ class MxClient:
             )
             redis = aioredis.Redis.from_pool(pool)  # from_pool: aclose() closes the pool
             limiter = RedisRateLimiter(
-                redis, s.mx_rate_limit_per_second, key=f"{KEY_PREFIX}{namespace}"
+                redis,
+                s.mx_rate_limit_per_second,
+                key=f"{KEY_PREFIX}{namespace}",
+                max_wait=s.mx_timeout,  # no caller waits longer for a slot than for an answer
             )
             store = RedisSessionStore(redis, self._session_ttl, namespace=namespace)
         else:
-            limiter = LocalRateLimiter(s.mx_rate_limit_per_second)
+            limiter = LocalRateLimiter(s.mx_rate_limit_per_second, max_wait=s.mx_timeout)
             store = MemorySessionStore(self._session_ttl, self._clock)
         # The creation lock must outlive a creation: two MX requests, each bounded by timeout.
         lock_ttl = timedelta(seconds=4 * s.mx_timeout + 5)
@@ -362,7 +365,8 @@ class MxClient:
     ) -> _Answer:
         """One HTTP request under the concurrency cap and the rate limit; body read capped.
 
-        Raises only :class:`MxError` subclasses (transport failures, oversized bodies).
+        Raises only :class:`MxError` subclasses (transport failures, oversized bodies, no
+        rate-limit slot within the timeout).
         """
         async with state.semaphore:
             # The rate-limit slot is taken only once we may send, right before sending (see
