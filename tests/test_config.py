@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from worker.config import MxApi, NotifySink, load_settings
+from worker.config import MxApi, MxApiVersion, NotifySink, PathIds, load_settings
 from worker.errors import ConfigError
 
 
@@ -64,6 +64,14 @@ def test_api_key_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REAUTH_NOTIFY_SINK", "pigeon", "redis-stream"),
         ("REAUTH_ABANDON_AFTER", "soon", "timedelta"),
         ("REAUTH_REASON_OVERRIDES", '{"EXPIRED": "gone"}', "reasons must be"),
+        ("REAUTH_MX_BASE_URL", "http://mx.example", "REAUTH_ALLOW_INSECURE_URLS"),
+        ("REAUTH_MX_SSO_BASE_URL", "http://sso.example", "REAUTH_ALLOW_INSECURE_URLS"),
+        ("REAUTH_MX_RATE_LIMIT_PER_SECOND", "0.01", "greater than or equal to 1"),
+        ("REAUTH_MX_API_VERSION", "v20260430", "v20250224"),
+        ("REAUTH_MX_PLATFORM_PATH_IDS", "partner", "REAUTH_MX_API=platform"),
+        ("REAUTH_MX_URI_HOSTS", "https://mx.com/", "not a host name"),
+        ("REAUTH_MX_CREDENTIAL_FAILURE_USERS", "1", "greater than or equal to 2"),
+        ("REAUTH_MX_CREDENTIAL_FAILURE_WINDOW", "0", "must be positive"),
     ],
 )
 def test_invalid_values_name_the_variable(
@@ -142,3 +150,35 @@ def test_lease_shorter_than_three_heartbeats_is_refused(
         load_settings()
     assert lease in str(info.value)
     assert "REAUTH_CLAIM_HEARTBEAT" in str(info.value)
+
+
+def test_mx_settings_of_the_version_and_uri_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defaults: Platform v20250224, guids in paths, MX's own app2app default, no host
+    allow-list, 3 users in 10 minutes; host lists take "*.x", ".x" or "x" for "x and below"."""
+    s = load_settings()
+    assert (s.mx_api_version, s.mx_platform_path_ids, s.app2app) == (
+        MxApiVersion.V20250224,
+        PathIds.GUID,
+        None,
+    )
+    assert (s.mx_uri_hosts, s.mx_credential_failure_users) == ([], 3)
+    assert s.mx_credential_failure_window == timedelta(minutes=10)
+    assert s.oauth_error_delay == timedelta(hours=1)
+    monkeypatch.setenv("REAUTH_MX_URI_HOSTS", "*.MX.com, .moneydesktop.com,bank.example")
+    monkeypatch.setenv("REAUTH_APP2APP", "false")
+    monkeypatch.setenv("REAUTH_MX_API", "platform")
+    monkeypatch.setenv("REAUTH_MX_PLATFORM_PATH_IDS", "partner")
+    s = load_settings()
+    assert s.mx_uri_hosts == ["mx.com", "moneydesktop.com", "bank.example"]
+    assert s.app2app is False
+    assert s.mx_platform_path_ids is PathIds.PARTNER
+
+
+def test_plain_http_mx_urls_need_the_insecure_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http:// MX base URLs load only with REAUTH_ALLOW_INSECURE_URLS=true (sandbox, tests)."""
+    monkeypatch.setenv("REAUTH_MX_BASE_URL", "http://127.0.0.1:8099")
+    monkeypatch.setenv("REAUTH_MX_SSO_BASE_URL", "http://127.0.0.1:8099/sso")
+    with pytest.raises(ConfigError, match="REAUTH_ALLOW_INSECURE_URLS"):
+        load_settings()
+    monkeypatch.setenv("REAUTH_ALLOW_INSECURE_URLS", "true")
+    assert load_settings().mx_base_url == "http://127.0.0.1:8099"

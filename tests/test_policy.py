@@ -12,6 +12,11 @@ from hypothesis import strategies as st
 
 from worker.core.policy import (
     CONNECTION_STATUSES,
+    DEFAULT_REASON_TABLE,
+    OAUTH_ERROR_REASONS,
+    OAUTH_STATUSES,
+    STATUS_TABLE,
+    Basis,
     Channel,
     Generate,
     MemberSnapshot,
@@ -307,8 +312,8 @@ snapshots = st.builds(
     member_guid=st.just("MBR-p"),
     is_oauth=st.booleans(),
     connection_status=st.none() | st.sampled_from(sorted(CONNECTION_STATUSES)),
-    oauth_status=st.none() | st.sampled_from(["PENDING", "SUCCESS", "ERRORED"]),
-    oauth_error_reason=st.none() | st.sampled_from(["CANCELLED", "DENIED", "SESSION_ERROR"]),
+    oauth_status=st.none() | st.sampled_from(sorted(OAUTH_STATUSES)),
+    oauth_error_reason=st.none() | st.sampled_from(sorted(OAUTH_ERROR_REASONS)),
     oauth_started_at=st.none() | times,
     successfully_aggregated_at=st.none() | times,
     is_being_aggregated=st.booleans(),
@@ -376,3 +381,113 @@ def test_forced_rerun_of_a_gave_up_member_gets_a_fresh_attempt_budget() -> None:
     f = after_outcome(m, g, Outcome.TRANSIENT, NOW, cfg)
     assert f.state is State.PENDING
     assert f.attempts == 1
+
+
+# --- the connection status table ----------------------------------------------------------------
+
+#: Written down independently of worker/policy.py: MX's 22 statuses by id, and the decision.
+EXPECTED_STATUSES = {
+    "CREATED": (0, None), "PREVENTED": (1, Reason.REVOKED), "DENIED": (2, Reason.REVOKED),
+    "CHALLENGED": (3, None), "REJECTED": (4, None), "LOCKED": (5, None),
+    "CONNECTED": (6, None), "IMPEDED": (7, None), "RECONNECTED": (8, None),
+    "DEGRADED": (9, None), "DISCONNECTED": (10, None), "DISCONTINUED": (11, None),
+    "CLOSED": (12, None), "DELAYED": (13, None), "FAILED": (14, None), "UPDATED": (15, None),
+    "DISABLED": (16, None), "IMPORTED": (17, Reason.REVOKED), "RESUMED": (18, None),
+    "EXPIRED": (19, Reason.EXPIRED), "IMPAIRED": (20, Reason.REVOKED), "PENDING": (21, None),
+}  # fmt: skip
+
+
+def test_status_table_covers_all_22_mx_statuses_in_id_order() -> None:
+    """Every status MX documents has exactly one rule, with MX's id, a meaning, a why and a
+    basis (MX's words or our inference)."""
+    assert [(r.status, r.id) for r in STATUS_TABLE] == [
+        (name, ident) for name, (ident, _) in EXPECTED_STATUSES.items()
+    ]
+    assert len(CONNECTION_STATUSES) == 22
+    for rule in STATUS_TABLE:
+        assert rule.meaning
+        assert rule.why
+        assert rule.basis in set(Basis)
+
+
+@pytest.mark.parametrize(("status", "expected"), list(EXPECTED_STATUSES.items()))
+def test_every_status_decision(status: str, expected: tuple[int, Reason | None]) -> None:
+    """Each of the 22 statuses gives its documented decision on an OAuth member without an
+    OAuth start (LOCKED, CHALLENGED, REJECTED and IMPEDED: no link)."""
+    assert reason_for(member(connection_status=status), NOW, CFG) is expected[1]
+
+
+def test_impeded_is_reachable_through_overrides_only() -> None:
+    """IMPEDED ("action needed at the bank") is no link by default; an operator can map it."""
+    from worker.config import load_settings
+
+    assert "IMPEDED" not in DEFAULT_REASON_TABLE
+    cfg = PolicyConfig.from_settings(load_settings(reason_overrides={"IMPEDED": "revoked"}))
+    assert reason_for(member(connection_status="IMPEDED"), NOW, cfg) is Reason.REVOKED
+
+
+def test_docs_status_table_matches_the_policy() -> None:
+    """docs/MX.md's status table shows, for each status, the same id, decision and basis."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "MX.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and cells[0].isdigit():
+            rows[cells[1]] = (int(cells[0]), cells[3], cells[4])
+    expected = {
+        r.status: (r.id, r.reason.value if r.reason else "no link", r.basis.value)
+        for r in STATUS_TABLE
+    }
+    assert rows == expected
+
+
+# --- OAuth results ------------------------------------------------------------------------------
+
+
+def test_every_mx_oauth_value_is_accepted() -> None:
+    """auth_status UNKNOWN/PENDING/SUCCESS/ERRORED and all seven error reasons are known."""
+    assert {"UNKNOWN", "PENDING", "SUCCESS", "ERRORED"} == OAUTH_STATUSES
+    assert {
+        "UNKNOWN_ERROR", "CANCELLED", "DENIED", "IMPEDED", "PROVIDER_ERROR", "SERVER_ERROR",
+        "SESSION_ERROR",
+    } == OAUTH_ERROR_REASONS  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("error_reason", "after_delay"),
+    [
+        ("CANCELLED", Reason.ABANDONED),
+        ("SESSION_ERROR", Reason.ABANDONED),
+        ("PROVIDER_ERROR", Reason.OAUTH_FAILED),
+        ("SERVER_ERROR", Reason.OAUTH_FAILED),
+        ("UNKNOWN_ERROR", Reason.OAUTH_FAILED),
+        ("DENIED", None),
+        ("IMPEDED", None),
+    ],
+)
+def test_oauth_errors(error_reason: str, after_delay: Reason | None) -> None:
+    """A person who tried and was failed by MX or the bank (PROVIDER_ERROR, SERVER_ERROR,
+    UNKNOWN_ERROR) is offered a new link after REAUTH_OAUTH_ERROR_DELAY, as oauth_failed, never
+    as abandoned; CANCELLED/SESSION_ERROR are abandoned; DENIED/IMPEDED get no link."""
+    cfg = replace(CFG, abandon_after=timedelta(minutes=30), oauth_error_delay=timedelta(hours=2))
+    started = NOW - timedelta(hours=1)
+    m = member(
+        connection_status="PENDING", oauth_status="ERRORED", oauth_error_reason=error_reason,
+        oauth_started_at=started,
+    )  # fmt: skip
+    later = NOW + timedelta(hours=1, seconds=1)
+    if after_delay is Reason.OAUTH_FAILED:
+        assert reason_for(m, NOW, cfg) is None  # not yet: the delay runs from the OAuth start
+        assert next_check_at(m, NOW, cfg) == started + cfg.oauth_error_delay
+    assert reason_for(m, later, cfg) is after_delay
+
+
+def test_unknown_oauth_status_reads_like_no_result() -> None:
+    """auth_status UNKNOWN on a member that never connected is an abandoned start, like none."""
+    m = member(
+        connection_status="CREATED", oauth_status="UNKNOWN",
+        oauth_started_at=NOW - timedelta(hours=1),
+    )  # fmt: skip
+    assert reason_for(m, NOW, CFG) is Reason.ABANDONED

@@ -79,6 +79,20 @@ class LinkMode(StrEnum):
     RECONNECT = "reconnect"
 
 
+class MxApiVersion(StrEnum):
+    """Which Platform API version the client speaks (``Accept`` + ``Accept-Version``)."""
+
+    V20250224 = "v20250224"
+    V20111101 = "v20111101"
+
+
+class PathIds(StrEnum):
+    """What goes into Platform API paths: MX guids, or the partner's own ids where MX allows."""
+
+    GUID = "guid"
+    PARTNER = "partner"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -122,6 +136,8 @@ _DURATION_RANGES: dict[str, tuple[timedelta, timedelta, str]] = {
     "claim_heartbeat": (timedelta(seconds=1), timedelta(hours=1), ""),
     "reconnect_ttl": (timedelta(minutes=1), timedelta(days=90), ""),
     "confirm_window": (timedelta(seconds=1), timedelta(days=1), ""),
+    "mx_credential_failure_window": (timedelta(seconds=1), timedelta(days=1), ""),
+    "oauth_error_delay": (timedelta(0), timedelta(days=30), ""),
 }
 _REMINDER_RANGE = (timedelta(0), timedelta(days=365), "")
 
@@ -444,8 +460,9 @@ class Settings(BaseSettings):
     mx_api_key: SecretStr = SecretStr("")
     mx_timeout: float = Field(default=10.0, ge=0.1, le=300, allow_inf_nan=False)
     mx_max_concurrency: int = Field(default=64, ge=1, le=2000)
+    #: Bounded: a tiny rate (0.01/s) once pushed the shared limiter's next slot minutes ahead.
     mx_rate_limit_per_second: float = Field(
-        default=200.0, ge=0.01, le=10_000_000, allow_inf_nan=False
+        default=200.0, ge=1.0, le=1_000_000.0, allow_inf_nan=False
     )
     mx_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
     #: Treat a Nexus session as expired this long before MX's 30-minute sliding expiry.
@@ -453,9 +470,24 @@ class Settings(BaseSettings):
     #: Allow plain-http URLs (MX, the sandbox's OAuth pages, webhook sink, redirects). Off in
     #: production; the sandbox, the demo and the tests turn it on.
     allow_insecure_urls: bool = False
+    #: Platform API version: v20250224 (Accept: application/json) or v20111101 (vnd.mx.api.v1).
+    mx_api_version: MxApiVersion = MxApiVersion.V20250224
+    #: v20250224 only: put the partner's user_id (and member id) in Platform paths when known.
+    mx_platform_path_ids: PathIds = PathIds.GUID
+    #: ``enable_app2app`` on Platform APP links; None leaves MX's default (true).
+    app2app: bool | None = None
+    #: Hosts (and their subdomains) an oauth_window_uri may point at; empty: not enforced.
+    mx_uri_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Credential refusals (SSO, Platform auth) for this many distinct users within the window,
+    #: with no success in between, are a client-wide problem; fewer are those users' problem.
+    mx_credential_failure_users: int = Field(default=3, ge=2, le=10_000)
+    mx_credential_failure_window: timedelta = timedelta(minutes=10)
 
     # --- policy ------------------------------------------------------------------------------
     abandon_after: timedelta = timedelta(minutes=30)
+    #: After an OAuth attempt that MX or the bank failed (PROVIDER_ERROR, SERVER_ERROR,
+    #: UNKNOWN_ERROR), offer a new link this long after the attempt started.
+    oauth_error_delay: timedelta = timedelta(hours=1)
     aggregation_freshness: timedelta = timedelta(hours=24)
     aggregate_after_reauth: bool = True
     app_redirect_url: str | None = None
@@ -613,7 +645,11 @@ class Settings(BaseSettings):
         return None if value is None else _check_redirect_url(value)
 
     @field_validator(
-        "allowed_redirect_prefixes", "reconnect_secrets", "mx_oauth_origins", mode="before"
+        "allowed_redirect_prefixes",
+        "reconnect_secrets",
+        "mx_oauth_origins",
+        "mx_uri_hosts",
+        mode="before",
     )
     @classmethod
     def _parse_prefixes(cls, value: Any) -> Any:
@@ -654,6 +690,18 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"prefix {index}: {exc}") from None
         return value
+
+    @field_validator("mx_uri_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        hosts = []
+        for raw in value:
+            # "*.mx.com" and ".mx.com" are accepted spellings of "mx.com and its subdomains".
+            host = raw.strip().lower().removeprefix("*.").removeprefix(".")
+            if not _HOST_RE.fullmatch(host):
+                raise ValueError(f"{raw!r} is not a host name (e.g. int-app.moneydesktop.com)")
+            hosts.append(host)
+        return hosts
 
     @field_validator("reminder_schedule", mode="before")
     @classmethod
@@ -762,6 +810,13 @@ class Settings(BaseSettings):
 
     def _relations(self) -> list[str]:
         problems = []
+        if self.mx_platform_path_ids is PathIds.PARTNER and (
+            self.mx_api is not MxApi.PLATFORM or self.mx_api_version is not MxApiVersion.V20250224
+        ):
+            problems.append(
+                "REAUTH_MX_PLATFORM_PATH_IDS=partner needs REAUTH_MX_API=platform and "
+                "REAUTH_MX_API_VERSION=v20250224 (only that version takes partner ids in paths)"
+            )
         if self.notify_sink is NotifySink.WEBHOOK and (
             self.webhook_url is None or self.webhook_secret is None
         ):
@@ -845,6 +900,31 @@ def setting_names() -> frozenset[str]:
 
 
 # --- loading -------------------------------------------------------------------------------------
+
+#: A DNS host name: labels of letters, digits and inner hyphens, at least two of them.
+_HOST_RE = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
+def insecure_mx_url(settings: Settings) -> str | None:
+    """Why the MX base URLs are not allowed, or None.
+
+    Plain http would send the API key and session tokens in clear text, so it is refused unless
+    REAUTH_ALLOW_INSECURE_URLS is on (the sandbox, the demo and the tests). Also called by the
+    MX client, because ``model_copy(update=...)`` skips validation.
+    """
+    if settings.allow_insecure_urls:
+        return None
+    for env, url in (
+        ("REAUTH_MX_BASE_URL", settings.mx_base_url),
+        ("REAUTH_MX_SSO_BASE_URL", settings.mx_sso_base_url),
+    ):
+        if not url.lower().startswith("https://"):
+            return (
+                f"{env}: plain http needs REAUTH_ALLOW_INSECURE_URLS=true (sandbox and tests only)"
+            )
+    return None
 
 
 def _format_source_error(exc: SettingsError) -> str:

@@ -157,12 +157,12 @@ def demo_settings(base: Settings, sandbox_url: str, sso_url: str) -> Settings:
         "mx_base_url": sandbox_url,
         "mx_sso_base_url": sso_url,
         # The in-process sandbox serves plain http on loopback.
-        "allow_insecure_urls": True,
         "mx_client_id": DEFAULT_CLIENT_ID,
         "mx_api_key": base.mx_api_key.__class__(DEFAULT_API_KEY),
         "app_redirect_url": DEMO_REDIRECT,
         "app_url_scheme": DEMO_SCHEME,
         "allowed_redirect_prefixes": [DEMO_REDIRECT],
+        "allow_insecure_urls": True,  # the in-process sandbox speaks plain http on loopback
     }
     if base.notify_sink is None and base.redis_url is None:
         update["notify_sink"] = NotifySink.FILE

@@ -19,6 +19,15 @@ MX_LATENCY = Histogram(
     "Latency of MX oauth_window_uri calls",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+#: oauth_window_uris refused before anyone saw them, by rule (userinfo, scheme, host, ...).
+MX_URI_REFUSED = Counter(
+    "reauth_mx_uri_refused_total", "oauth_window_uris refused by the URI checks", ["reason"]
+)
+#: Accepted oauth_window_uris whose host is outside MX's domains (REAUTH_MX_URI_HOSTS unset).
+MX_URI_UNKNOWN_HOST = Counter(
+    "reauth_mx_uri_unknown_host_total",
+    "Accepted oauth_window_uris whose host is not an MX domain (no allow-list set)",
+)
 #: Members due at the start of the last scan.
 MEMBERS_DUE = Gauge("reauth_members_due", "Members due at the last scan", multiprocess_mode="max")
 #: Outbox rows not yet delivered.

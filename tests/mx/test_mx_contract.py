@@ -7,6 +7,7 @@ the sandbox saw, so the request contract (paths, headers, query) is pinned as we
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,11 +17,14 @@ from mx_helpers import MxEnv, browser, run
 from worker.errors import (
     BadResponse,
     MemberNotFound,
+    MxConfigurationError,
+    MxError,
     MxTimeout,
     MxUnauthorized,
     NotOAuthCapable,
     RateLimited,
     ServerError,
+    UserRefused,
 )
 from worker.mx import OAuthRequest, OAuthWindow, build_mx_client
 
@@ -67,13 +71,21 @@ def test_nexus_uses_user_id_for_sso_when_present(mx_env: MxEnv) -> None:
     assert mx_env.requests()[0]["path"].endswith("/users/partner-42/api_token.json")
 
 
-def test_platform_success_uses_basic_auth_and_boolean_skip(mx_env: MxEnv) -> None:
-    """Platform: one GET under the user with HTTP Basic; skip_aggregation as true/false."""
-    window = call(mx_env, browser(skip_aggregation=True), mx_api="platform")
+@pytest.mark.parametrize(
+    ("version", "accept"),
+    [("v20250224", "application/json"), ("v20111101", "application/vnd.mx.api.v1+json")],
+)
+def test_platform_success_uses_basic_auth_version_headers_and_boolean_skip(
+    mx_env: MxEnv, version: str, accept: str
+) -> None:
+    """Platform: one GET under the user with HTTP Basic, the version's Accept and
+    Accept-Version; skip_aggregation as true/false."""
+    window = call(mx_env, browser(skip_aggregation=True), mx_api="platform", mx_api_version=version)
     assert window.member_guid == "MBR-1"
     (entry,) = mx_env.requests()
     assert entry["path"] == "/users/USR-1/members/MBR-1/oauth_window_uri"
     assert entry["auth"] == "Authorization"
+    assert (entry["accept"], entry["accept_version"]) == (accept, version)
     assert entry["query"] == {"referral_source": "BROWSER", "skip_aggregation": "true"}
 
 
@@ -109,10 +121,53 @@ def test_not_oauth_member_in_every_envelope(mx_env: MxEnv, api: str, envelope: s
 
 
 @pytest.mark.parametrize("api", ["nexus", "platform"])
-def test_wrong_api_key_is_unauthorized(mx_env: MxEnv, api: str) -> None:
-    """A key MX refuses is a configuration error, raised without burning member attempts."""
-    with pytest.raises(MxUnauthorized):
+def test_wrong_api_key_for_one_user_is_that_users_transient_problem(
+    mx_env: MxEnv, api: str
+) -> None:
+    """One user's refusal cannot tell a wrong key from a disabled user: UserRefused (transient),
+    never a fleet-wide configuration error."""
+    with pytest.raises(UserRefused) as info:
         call(mx_env, browser(), mx_api=api, mx_api_key="wrong-key-123")
+    assert info.value.status == 401
+    assert not isinstance(info.value, MxConfigurationError)
+
+
+@pytest.mark.parametrize("api", ["nexus", "platform"])
+def test_wrong_api_key_for_many_users_is_unauthorized_for_all_in_flight(
+    mx_env: MxEnv, api: str
+) -> None:
+    """Refusals for REAUTH_MX_CREDENTIAL_FAILURE_USERS distinct users with no success in
+    between: MxUnauthorized, for every call in flight (the first ones wait for the verdict
+    instead of spending their members' attempts)."""
+
+    async def go() -> list[BaseException | OAuthWindow]:
+        async with mx_env.client(mx_api=api, mx_api_key="wrong-key-123") as mx:
+            return await asyncio.gather(
+                *(mx.generate_oauth_window_uri(browser(f"MBR-{i}", f"USR-{i}")) for i in range(5)),
+                return_exceptions=True,
+            )
+
+    outcomes = run(go())
+    assert all(isinstance(o, MxUnauthorized) for o in outcomes), outcomes
+
+
+def test_success_in_between_keeps_refusals_per_user(mx_env: MxEnv) -> None:
+    """SSO refusals for three users, one at a time with a success between each: none is
+    client-wide, because the key demonstrably works."""
+    mx_env.config.sso_user_failure_status = 401
+
+    async def go() -> list[type[BaseException] | None]:
+        seen: list[type[BaseException] | None] = []
+        async with mx_env.client() as mx:
+            for i in range(3):
+                try:
+                    await mx.generate_oauth_window_uri(browser(f"MBR-x{i}", f"USR-NOUSER-{i}"))
+                except MxError as exc:
+                    seen.append(type(exc))
+                await mx.generate_oauth_window_uri(browser(f"MBR-ok{i}", f"USR-ok{i}"))
+        return seen
+
+    assert run(go()) == [UserRefused, UserRefused, UserRefused]
 
 
 def test_session_expiry_mid_run_refreshes_once_per_expiry(mx_env: MxEnv) -> None:

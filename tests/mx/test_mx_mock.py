@@ -7,6 +7,7 @@ a Hypothesis property that *nothing* outside the tree escapes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,33 +24,51 @@ from mx_helpers import browser, run
 from worker.config import Settings
 from worker.errors import (
     BadResponse,
+    BlankOAuthUri,
     MemberNotFound,
     MxBadRequest,
+    MxConfigurationError,
     MxConnectionError,
     MxError,
     MxForbidden,
+    MxRequestRefused,
     MxTimeout,
     MxUnauthorized,
+    NexusNotEnabled,
     NotOAuthCapable,
+    RateLimitBacklog,
     RateLimited,
     ServerError,
+    SessionExpired,
+    UnsafeOAuthUri,
+    UserNotFound,
+    UserRefused,
 )
 from worker.mx import OAuthWindow, build_mx_client
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 LEAVES = {
     NotOAuthCapable,
+    BlankOAuthUri,
     MemberNotFound,
     MxBadRequest,
+    UnsafeOAuthUri,
     MxUnauthorized,
     MxForbidden,
+    NexusNotEnabled,
+    MxRequestRefused,
     RateLimited,
+    RateLimitBacklog,
     ServerError,
     MxTimeout,
     MxConnectionError,
     BadResponse,
+    SessionExpired,
+    UserRefused,
+    UserNotFound,
 }
-OK_MEMBER = {"member": {"guid": "MBR-1", "oauth_window_uri": "https://int-app.mx/oauth/p/MBR-1/t"}}
+OK_URI = "https://int-app.moneydesktop.com/oauth/predirect_to/MBR-1/t"
+OK_MEMBER = {"member": {"guid": "MBR-1", "oauth_window_uri": OK_URI}}
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
@@ -123,9 +142,12 @@ def test_not_oauth_message_is_found_in_any_envelope(body: Any) -> None:
     ("status", "body", "error"),
     [
         (400, {"error": {"message": "required parameter missing"}}, MxBadRequest),
-        (401, None, MxUnauthorized),
-        (403, {"error": "IP not allow-listed"}, MxForbidden),
+        (401, None, UserRefused),
+        (403, {"error": "IP not allow-listed"}, UserRefused),
         (404, None, MemberNotFound),
+        (405, None, MxRequestRefused),
+        (406, {"error": "didn't specify a valid API version"}, MxRequestRefused),
+        (415, None, MxRequestRefused),
         (408, None, MxTimeout),
         (409, None, MxBadRequest),
         (422, None, MxBadRequest),
@@ -136,13 +158,16 @@ def test_not_oauth_message_is_found_in_any_envelope(body: Any) -> None:
         (302, None, BadResponse),
         (200, b"not json", BadResponse),
         (200, {"member": {"guid": "MBR-1"}}, BadResponse),
-        (200, {"member": {"guid": "MBR-1", "oauth_window_uri": None}}, BadResponse),
-        (200, {"member": {"guid": "MBR-1", "oauth_window_uri": "javascript:x"}}, BadResponse),
+        (200, {"member": {"guid": "MBR-1", "oauth_window_uri": None}}, BlankOAuthUri),
+        (200, {"member": {"guid": "MBR-1", "oauth_window_uri": " "}}, BlankOAuthUri),
+        (200, {"member": {"guid": "MBR-1", "oauth_window_uri": 7}}, BadResponse),
+        (200, {"member": {"guid": "MBR-1", "oauth_window_uri": "javascript:x"}}, UnsafeOAuthUri),
         (200, [1, 2], BadResponse),
     ],
 )
 def test_status_mapping(status: int, body: Any, error: type[MxError]) -> None:
-    """Each status (Platform API: no session refresh) maps to one documented error class."""
+    """Each status (Platform API: no session refresh) maps to one documented error class; a
+    single 401/403 is one user's refusal, 405/406/415 are about the request's shape."""
     with pytest.raises(error) as info:
         generate(answer(status, body))
     assert type(info.value) is error
@@ -186,30 +211,50 @@ def test_4011_under_any_status_refreshes_the_session_once(status: int) -> None:
     assert handler.calls == {"n": 2, "sessions": 2}  # type: ignore[attr-defined]
 
 
-def test_401_after_refresh_is_unauthorized() -> None:
-    """A fresh session refused again → MxUnauthorized (configuration, not the member)."""
+def test_4011_on_every_fresh_session_is_transient_never_configuration() -> None:
+    """A 4011 always means "get a new session": after SESSION_TRIES sessions the call is a
+    transient SessionExpired for that member, never a fleet-wide configuration error."""
+    from worker.mx.client import SESSION_TRIES
+
     handler = nexus(lambda request, n: httpx.Response(401, json={"code": 4011}))
-    with pytest.raises(MxUnauthorized, match="fresh session"):
+    with pytest.raises(SessionExpired) as info:
         generate(handler, "nexus")
-    assert handler.calls == {"n": 2, "sessions": 2}  # type: ignore[attr-defined]
+    assert not isinstance(info.value, MxConfigurationError)
+    calls = {"n": SESSION_TRIES, "sessions": SESSION_TRIES}
+    assert handler.calls == calls  # type: ignore[attr-defined]
 
 
-def test_403_does_not_refresh_the_session() -> None:
-    """403 is the IP allow-list or a disabled feature: no refresh, MxForbidden at once."""
+def test_nexus_403_is_refused_without_a_session_refresh() -> None:
+    """403 is the IP allow-list, a disabled feature or the user: no refresh; one user's 403 is
+    that user's transient problem."""
     handler = nexus(lambda request, n: httpx.Response(403, json={"error": "forbidden"}))
-    with pytest.raises(MxForbidden):
+    with pytest.raises(UserRefused):
         generate(handler, "nexus")
     assert handler.calls == {"n": 1, "sessions": 1}  # type: ignore[attr-defined]
 
 
-def test_sso_404_is_a_configuration_error_not_a_gone_member() -> None:
-    """SSO 404 means Nexus is not enabled for the client: MxForbidden, never MemberNotFound."""
+def test_sso_404_for_one_user_is_user_not_found_for_many_nexus_not_enabled() -> None:
+    """SSO 404 is what an unknown user gets, and MX's "Nexus not enabled": one user →
+    UserNotFound (transient, never a gone member); three distinct users in flight with no
+    success → NexusNotEnabled (client-wide) for all of them."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, json={"error": "not found"})
 
-    with pytest.raises(MxForbidden, match="Nexus not enabled"):
+    with pytest.raises(UserNotFound):
         generate(handler, "nexus")
+
+    async def many() -> list[BaseException | OAuthWindow]:
+        client = build_mx_client(mx_settings("nexus"), transport=httpx.MockTransport(handler))
+        async with client:
+            return await asyncio.gather(
+                *(client.generate_oauth_window_uri(browser(f"M{i}", f"U{i}")) for i in range(3)),
+                return_exceptions=True,
+            )
+
+    outcomes = run(many())
+    assert all(isinstance(o, NexusNotEnabled) for o in outcomes), outcomes
+    assert "Nexus not enabled" in str(outcomes[0])
 
 
 @pytest.mark.parametrize(
@@ -313,4 +358,4 @@ def test_every_answer_is_a_window_or_exactly_one_tree_error(
         assert type(outcome) in LEAVES
         assert str(outcome)
     else:
-        assert outcome.oauth_window_uri.startswith(("http://", "https://"))
+        assert outcome.oauth_window_uri.startswith("https://")

@@ -16,7 +16,10 @@ from worker.sandbox.config import SandboxConfig
 
 SSO = "application/vnd.moneydesktop.sso.v3+json"
 NEXUS = "application/vnd.mx.nexus.v1+json"
-PLATFORM = "application/vnd.mx.api.v1+json"
+V1 = "application/vnd.mx.api.v1+json"
+#: Platform headers per version (Accept + Accept-Version, required since 2026-08-12).
+PLATFORM = {"Accept": "application/json", "Accept-Version": "v20250224"}
+PLATFORM_V1 = {"Accept": V1, "Accept-Version": "v20111101"}
 
 
 def sso_path(env: MxEnv, user: str = "USR-1") -> str:
@@ -93,28 +96,43 @@ def test_nexus_checks_session_and_media_type(served: MxEnv, http: httpx.Client) 
     assert ok.headers["content-type"].startswith(NEXUS)
 
 
-def test_platform_checks_basic_auth_and_media_type(served: MxEnv, http: httpx.Client) -> None:
-    """Platform: wrong Basic → 401; Accept other than vnd.mx.api.v1+json → 406."""
+def test_platform_checks_basic_auth_and_version_headers(served: MxEnv, http: httpx.Client) -> None:
+    """Platform: wrong Basic → 401; each version's Accept with its Accept-Version → 200; no or
+    an unknown Accept-Version, or a version with the other version's Accept → 406; a version
+    switched off in the sandbox → 406 (what MX answers since 2026-08-12)."""
     path = "/users/USR-1/members/MBR-1/oauth_window_uri"
     good = (served.client_id, served.config.api_key)
-    assert (
-        http.get(path, auth=(served.client_id, "bad"), headers={"Accept": PLATFORM}).status_code
-        == 401
-    )
-    assert http.get(path, auth=good, headers={"Accept": "application/json"}).status_code == 406
-    assert http.get(path, auth=good, headers={"Accept": PLATFORM}).status_code == 200
+    assert http.get(path, auth=(served.client_id, "bad"), headers=PLATFORM).status_code == 401
+    assert http.get(path, auth=good, headers=PLATFORM).status_code == 200
+    assert http.get(path, auth=good, headers=PLATFORM_V1).status_code == 200
+    for headers in (
+        {"Accept": V1},
+        {"Accept": "application/json"},
+        {"Accept": "application/json", "Accept-Version": "v20260430"},
+        {"Accept": V1, "Accept-Version": "v20250224"},
+        {"Accept": "application/json", "Accept-Version": "v20111101"},
+    ):
+        assert http.get(path, auth=good, headers=headers).status_code == 406, headers
+    served.config.platform_versions = ["v20250224"]
+    assert http.get(path, auth=good, headers=PLATFORM_V1).status_code == 406
+    v2 = http.get(path, auth=good, headers=PLATFORM)
+    assert v2.headers["content-type"].startswith("application/json")
+    served.config.platform_versions = ["v20111101"]
+    v1 = http.get(path, auth=good, headers=PLATFORM_V1)
+    assert v1.headers["content-type"].startswith(V1)
 
 
 def test_query_rules_are_enforced(served: MxEnv, http: httpx.Client) -> None:
     """client_redirect_url needs APP; referral_source and skip_aggregation are validated."""
     path = "/users/USR-1/members/MBR-1/oauth_window_uri"
     auth = (served.client_id, served.config.api_key)
-    headers = {"Accept": PLATFORM}
+    headers = PLATFORM
     for params in (
         {"client_redirect_url": "https://a.example"},
         {"referral_source": "WEB"},
         {"skip_aggregation": "yes"},
         {"ui_message_webview_url_scheme": "x"},
+        {"referral_source": "APP", "enable_app2app": "maybe"},
     ):
         assert http.get(path, auth=auth, headers=headers, params=params).status_code == 400
 
@@ -125,7 +143,7 @@ def test_uris_are_one_time(served: MxEnv, http: httpx.Client) -> None:
     path = "/users/USR-1/members/MBR-1/oauth_window_uri"
     auth = (served.client_id, served.config.api_key)
     uris = [
-        http.get(path, auth=auth, headers={"Accept": PLATFORM}).json()["member"]["oauth_window_uri"]
+        http.get(path, auth=auth, headers=PLATFORM).json()["member"]["oauth_window_uri"]
         for _ in range(2)
     ]
     assert uris[0] != uris[1]
@@ -142,7 +160,7 @@ def test_admin_config_and_request_log(served: MxEnv, http: httpx.Client) -> None
     assert http.put("/_sandbox/config", json={"rate_500": 1.0}).json()["rate_500"] == 1.0
     path = "/users/USR-1/members/MBR-1/oauth_window_uri"
     auth = (served.client_id, served.config.api_key)
-    assert http.get(path, auth=auth, headers={"Accept": PLATFORM}).status_code == 500
+    assert http.get(path, auth=auth, headers=PLATFORM).status_code == 500
     (entry,) = http.get("/_sandbox/requests").json()
     assert entry["auth"] == "Authorization"
     assert entry["status"] == 500
@@ -236,7 +254,9 @@ def test_cli_flags_build_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def _platform_status(sandbox: Sandbox, user: str, member: str) -> int:
+def _platform_status(
+    sandbox: Sandbox, user: str, member: str, headers: dict[str, str] = PLATFORM
+) -> int:
     import asyncio
 
     async def go() -> int:
@@ -245,8 +265,95 @@ def _platform_status(sandbox: Sandbox, user: str, member: str) -> int:
             answer = await client.get(
                 f"/users/{user}/members/{member}/oauth_window_uri",
                 auth=(sandbox.config.client_id, sandbox.config.api_key),
-                headers={"Accept": PLATFORM},
+                headers=headers,
             )
             return answer.status_code
 
     return asyncio.run(go())
+
+
+def test_member_reads_and_state_overrides(served: MxEnv, http: httpx.Client) -> None:
+    """Nexus GET /members/{guid} (session, uses counted) and Platform .../status (Basic + version)
+    answer the member's live state; PUT /_sandbox/members/{guid} overrides it, DELETE resets;
+    unknown fields → 400."""
+    token = session_token(http, served)
+    nexus = {"MD-SESSION-TOKEN": token, "Accept": NEXUS}
+    auth = (served.client_id, served.config.api_key)
+    status_path = "/users/USR-1/members/MBR-1/status"
+    assert http.get("/members/MBR-1", headers=nexus).json()["member"] == {
+        "guid": "MBR-1", "connection_status": "DENIED", "is_being_aggregated": False,
+        "aggregated_at": None, "successfully_aggregated_at": None, "is_oauth": True,
+    }  # fmt: skip
+    assert http.get(status_path, auth=auth, headers={"Accept": V1}).status_code == 406
+    change = {"connection_status": "CONNECTED", "successfully_aggregated_at": "2026-01-01T00:00Z"}
+    assert http.put("/_sandbox/members/MBR-1", json=change).status_code == 200
+    assert http.put("/_sandbox/members/MBR-1", json={"guid": "x"}).status_code == 400
+    platform = http.get(status_path, auth=auth, headers=PLATFORM_V1).json()["member"]
+    assert platform["connection_status"] == "CONNECTED"
+    assert platform["is_authenticated"] is True
+    assert platform["successfully_aggregated_at"] == "2026-01-01T00:00Z"
+    assert http.delete("/_sandbox/members/MBR-1").status_code == 204
+    assert http.get("/members/MBR-1", headers=nexus).json()["member"]["connection_status"] == (
+        "DENIED"
+    )
+    assert http.get("/members/MBR-GONE-1", headers=nexus).status_code == 404
+
+
+def test_sessions_expire_after_max_uses(served: MxEnv, http: httpx.Client) -> None:
+    """session_max_uses=2: two calls on a session succeed (reads count too), the third gets
+    401 with code 4011 and the session is gone."""
+    served.config.session_max_uses = 2
+    headers = {"MD-SESSION-TOKEN": session_token(http, served), "Accept": NEXUS}
+    assert http.get("/members/MBR-1", headers=headers).status_code == 200
+    assert http.get("/members/MBR-1/oauth_window_uri", headers=headers).status_code == 200
+    third = http.get("/members/MBR-1/oauth_window_uri", headers=headers)
+    assert third.status_code == 401
+    assert third.json()["error"]["code"] == 4011
+    assert http.get("/members/MBR-1", headers=headers).status_code == 401
+
+
+def test_sso_per_user_failure_and_nexus_not_enabled(served: MxEnv, http: httpx.Client) -> None:
+    """A user id containing NOUSER is refused with sso_user_failure_status; nexus_enabled=false
+    answers 404 to every token read (MX's "Nexus not enabled"), set live as a boolean."""
+    ok = {"MD-API-KEY": served.config.api_key, "Accept": SSO}
+    assert http.get(sso_path(served, "USR-NOUSER-1"), headers=ok).status_code == 404
+    served.config.sso_user_failure_status = 403
+    assert http.get(sso_path(served, "USR-NOUSER-1"), headers=ok).status_code == 403
+    assert http.get(sso_path(served, "USR-2"), headers=ok).status_code == 200
+    assert http.put("/_sandbox/config", json={"nexus_enabled": 0}).status_code == 400
+    assert http.put("/_sandbox/config", json={"nexus_enabled": False}).status_code == 200
+    assert http.get(sso_path(served, "USR-2"), headers=ok).status_code == 404
+
+
+def test_blank_and_foreign_uri_markers(served: MxEnv, http: httpx.Client) -> None:
+    """BLANKURI members get a null oauth_window_uri (200); FOREIGNURI members a URI on
+    foreign_uri_base; Nexus refuses enable_app2app, which it does not document."""
+    auth = (served.client_id, served.config.api_key)
+    blank = http.get(
+        "/users/USR-1/members/MBR-BLANKURI-1/oauth_window_uri", auth=auth, headers=PLATFORM
+    )
+    assert blank.status_code == 200
+    assert blank.json()["member"] == {"guid": "MBR-BLANKURI-1", "oauth_window_uri": None}
+    foreign = http.get(
+        "/users/USR-1/members/MBR-FOREIGNURI-1/oauth_window_uri", auth=auth, headers=PLATFORM
+    )
+    assert foreign.json()["member"]["oauth_window_uri"].startswith(
+        "https://auth.examplebank.test/oauth/predirect_to/MBR-FOREIGNURI-1/"
+    )
+    headers = {"MD-SESSION-TOKEN": session_token(http, served), "Accept": NEXUS}
+    nexus = http.get(
+        "/members/MBR-1/oauth_window_uri", headers=headers, params={"enable_app2app": "false"}
+    )
+    assert nexus.status_code == 400
+
+
+def test_partner_ids_in_v20250224_paths_only(tmp_path: Path) -> None:
+    """File members with a partner member_id and user_id: v20250224 finds them by ids (and
+    answers the guid); v20111101 knows only guids."""
+    members = tmp_path / "members.json"
+    row = {"member_guid": "MBR-p", "user_guid": "USR-p", "user_id": "u-9", "member_id": "m-9"}
+    members.write_text(json.dumps([row]))
+    sandbox = Sandbox(SandboxConfig(members_file=str(members)))
+    assert _platform_status(sandbox, "u-9", "m-9") == 200
+    assert _platform_status(sandbox, "USR-p", "MBR-p") == 200
+    assert _platform_status(sandbox, "u-9", "m-9", headers=PLATFORM_V1) == 404

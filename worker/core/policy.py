@@ -39,6 +39,9 @@ class Reason(StrEnum):
     REVOKED = "revoked"
     EXPIRED = "expired"
     ABANDONED = "abandoned"
+    #: The person tried OAuth and MX or the bank failed (PROVIDER_ERROR, SERVER_ERROR,
+    #: UNKNOWN_ERROR): a new link after REAUTH_OAUTH_ERROR_DELAY. Not an abandonment.
+    OAUTH_FAILED = "oauth_failed"
 
 
 class Channel(StrEnum):
@@ -77,33 +80,107 @@ def closes_episode(before: State, after: State) -> bool:
     return before in IN_EPISODE and after not in IN_EPISODE
 
 
-#: MX connection statuses that mean "send the user through OAuth again" (mx-api.md section 4:
-#: the end-user-actionable statuses that fit a revoked or expired OAuth token). Overridable with
-#: REAUTH_REASON_OVERRIDES.
-DEFAULT_REASON_TABLE: Mapping[str, Reason] = MappingProxyType(
-    {
-        "EXPIRED": Reason.EXPIRED,
-        "DENIED": Reason.REVOKED,
-        "PREVENTED": Reason.REVOKED,
-        "IMPAIRED": Reason.REVOKED,
-        "IMPORTED": Reason.REVOKED,
-    }
+class Basis(StrEnum):
+    """Where a decision in the tables below comes from (docs/MX.md cites the sources)."""
+
+    #: MX's own words say the person must re-authenticate, or that they cannot by OAuth.
+    MX = "mx"
+    #: Our reading of MX's words for an OAuth member; MX publishes no such mapping.
+    INFERENCE = "inference"
+
+
+@dataclass(frozen=True)
+class StatusRule:
+    """What one MX ``connection_status`` means and what this service does about it."""
+
+    status: str
+    #: MX's ``connection_status_id``.
+    id: int
+    #: What MX says the status means (MX's docs or the Connect widget's user message).
+    meaning: str
+    #: The default reason (``None``: no link), before REAUTH_REASON_OVERRIDES.
+    reason: Reason | None
+    why: str
+    basis: Basis
+
+
+_ABANDON_NOTE = (
+    "no link by status; abandoned once an OAuth start is older than REAUTH_ABANDON_AFTER"
 )
-#: Every connection_status name MX documents (mx-api.md section 4).
-CONNECTION_STATUSES = frozenset(
-    {
-        "CREATED", "PREVENTED", "DENIED", "CHALLENGED", "REJECTED", "LOCKED", "CONNECTED",
-        "IMPEDED", "RECONNECTED", "DEGRADED", "DISCONNECTED", "DISCONTINUED", "CLOSED",
-        "DELAYED", "FAILED", "UPDATED", "DISABLED", "IMPORTED", "RESUMED", "EXPIRED",
-        "IMPAIRED", "PENDING",
-    }
+
+#: All 22 MX connection statuses (mx-api.md section 4), in id order. docs/MX.md shows this table
+#: and tests/test_policy.py checks that the two agree.
+STATUS_TABLE: tuple[StatusRule, ...] = (
+    StatusRule("CREATED", 0, "new, not aggregated yet", None, _ABANDON_NOTE, Basis.INFERENCE),
+    StatusRule("PREVENTED", 1, "3 failed attempts in a row; the user must re-enter "
+               "credentials", Reason.REVOKED, "MX asks the user to authenticate again",
+               Basis.MX),
+    StatusRule("DENIED", 2, "invalid credentials", Reason.REVOKED, "for an OAuth member, the "
+               "bank no longer accepts the token", Basis.INFERENCE),
+    StatusRule("CHALLENGED", 3, "waiting for MFA; not an error", None, "an MFA step, not an "
+               "OAuth re-authentication; it becomes EXPIRED if left", Basis.MX),
+    StatusRule("REJECTED", 4, "MFA answered wrongly", None, "an MFA answer, which a new OAuth "
+               "window does not fix (the widget groups it with MFA)", Basis.INFERENCE),
+    StatusRule("LOCKED", 5, "the bank blocks authentication; the user must visit the bank",
+               None, "the fix is at the bank, not in an OAuth window", Basis.MX),
+    StatusRule("CONNECTED", 6, "working", None, "nothing to do; ends an open episode", Basis.MX),
+    StatusRule("IMPEDED", 7, "the user must take an action at the bank", None, "MX does not "
+               "document it as an OAuth re-authentication case; map it with "
+               "REAUTH_REASON_OVERRIDES if your banks need it", Basis.MX),
+    StatusRule("RECONNECTED", 8, "reconnecting (processing)", None, "in progress",
+               Basis.MX),
+    StatusRule("DEGRADED", 9, "repeated failures or an upgrade in progress", None, "MX's or "
+               "the bank's problem, not the user's", Basis.INFERENCE),
+    StatusRule("DISCONNECTED", 10, "the bank is not updating data", None, "the bank's "
+               "problem, not the user's", Basis.MX),
+    StatusRule("DISCONTINUED", 11, "the bank is no longer supported", None, "no link can "
+               "help", Basis.MX),
+    StatusRule("CLOSED", 12, "the account is closed", None, "no link can help", Basis.MX),
+    StatusRule("DELAYED", 13, "slower than usual", None, "wait", Basis.MX),
+    StatusRule("FAILED", 14, "a problem validating credentials", None, "MX's side; not "
+               "documented as needing the user", Basis.INFERENCE),
+    StatusRule("UPDATED", 15, "updated (processing)", None, "in progress", Basis.MX),
+    StatusRule("DISABLED", 16, "aggregation disabled or paused", None, "a setting, not an "
+               "authentication problem", Basis.MX),
+    StatusRule("IMPORTED", 17, "you must re-authenticate before your data can be imported",
+               Reason.REVOKED, "MX asks the user to authenticate again", Basis.MX),
+    StatusRule("RESUMED", 18, "resumed (processing)", None, "in progress", Basis.MX),
+    StatusRule("EXPIRED", 19, "answers not given in time", Reason.EXPIRED, "for an OAuth "
+               "member, the token expired (MX's OAuth docs name expiry as a reason to ask "
+               "for a new window)", Basis.INFERENCE),
+    StatusRule("IMPAIRED", 20, "you must re-authenticate before your data can be imported",
+               Reason.REVOKED, "MX asks the user to authenticate again", Basis.MX),
+    StatusRule("PENDING", 21, "not documented", None, _ABANDON_NOTE, Basis.INFERENCE),
 )  # fmt: skip
-OAUTH_STATUSES = frozenset({"PENDING", "SUCCESS", "ERRORED"})
-OAUTH_ERROR_REASONS = frozenset(
-    {"CANCELLED", "DENIED", "IMPEDED", "PROVIDER_ERROR", "SERVER_ERROR", "SESSION_ERROR"}
+
+#: Every connection_status name MX documents.
+CONNECTION_STATUSES = frozenset(rule.status for rule in STATUS_TABLE)
+#: MX connection statuses that mean "send the user through OAuth again" (the table above).
+#: Overridable with REAUTH_REASON_OVERRIDES.
+DEFAULT_REASON_TABLE: Mapping[str, Reason] = MappingProxyType(
+    {rule.status: rule.reason for rule in STATUS_TABLE if rule.reason is not None}
 )
+
+#: MX's OAuth ``auth_status`` values (Connect widget, "matches the atlas proto for OauthState").
+OAUTH_STATUSES = frozenset({"UNKNOWN", "PENDING", "SUCCESS", "ERRORED"})
+#: MX's OAuth ``error_reason`` values, with what each means for this service.
+OAUTH_ERROR_TABLE: Mapping[str, str] = MappingProxyType(
+    {
+        "UNKNOWN_ERROR": "failed for a reason MX does not name: a new link after "
+        "REAUTH_OAUTH_ERROR_DELAY (the person tried; not an abandonment)",
+        "CANCELLED": "the person left the OAuth window: abandoned",
+        "DENIED": "the person could not authenticate at the bank: no link",
+        "IMPEDED": "action needed at the bank: no link",
+        "PROVIDER_ERROR": "the bank failed: a new link after REAUTH_OAUTH_ERROR_DELAY",
+        "SERVER_ERROR": "MX failed: a new link after REAUTH_OAUTH_ERROR_DELAY",
+        "SESSION_ERROR": "the OAuth session ran out: abandoned",
+    }
+)
+OAUTH_ERROR_REASONS = frozenset(OAUTH_ERROR_TABLE)
 #: OAuth errors that mean the user walked away rather than being refused.
 ABANDON_ERROR_REASONS = frozenset({"CANCELLED", "SESSION_ERROR"})
+#: OAuth errors where the person tried and MX or the bank failed: offer a new link later.
+RETRY_ERROR_REASONS = frozenset({"PROVIDER_ERROR", "SERVER_ERROR", "UNKNOWN_ERROR"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +188,7 @@ class PolicyConfig:
     """The policy's knobs, copied from settings so the core never reads the environment."""
 
     abandon_after: timedelta = timedelta(minutes=30)
+    oauth_error_delay: timedelta = timedelta(hours=1)
     aggregation_freshness: timedelta = timedelta(hours=24)
     aggregate_after_reauth: bool = True
     app_redirect_url: str | None = None
@@ -133,6 +211,7 @@ class PolicyConfig:
             table[status] = Reason(reason) if reason else None
         return cls(
             abandon_after=settings.abandon_after,
+            oauth_error_delay=settings.oauth_error_delay,
             aggregation_freshness=settings.aggregation_freshness,
             aggregate_after_reauth=settings.aggregate_after_reauth,
             app_redirect_url=settings.app_redirect_url,
@@ -282,8 +361,12 @@ def reason_for(m: MemberSnapshot, now: datetime, cfg: PolicyConfig) -> Reason | 
         if by_status is not None:
             return by_status
     started = m.oauth_started_at
-    if _looks_abandoned(m) and started is not None and now - started >= cfg.abandon_after:
+    if started is None:
+        return None
+    if _looks_abandoned(m) and now - started >= cfg.abandon_after:
         return Reason.ABANDONED
+    if _oauth_failed(m) and now - started >= cfg.oauth_error_delay:
+        return Reason.OAUTH_FAILED
     return None
 
 
@@ -293,18 +376,32 @@ def _looks_abandoned(m: MemberSnapshot) -> bool:
         return False
     if m.oauth_status == "PENDING":
         return True
-    if m.oauth_status is None and m.connection_status in {"CREATED", "PENDING"}:
+    # UNKNOWN tells as little as no result at all.
+    if m.oauth_status in {None, "UNKNOWN"} and m.connection_status in {"CREATED", "PENDING"}:
         return True
     return m.oauth_status == "ERRORED" and m.oauth_error_reason in ABANDON_ERROR_REASONS
 
 
+def _oauth_failed(m: MemberSnapshot) -> bool:
+    """The person tried OAuth and MX or the bank failed, whatever its age."""
+    return (
+        m.oauth_started_at is not None
+        and m.oauth_status == "ERRORED"
+        and m.oauth_error_reason in RETRY_ERROR_REASONS
+    )
+
+
 def next_check_at(m: MemberSnapshot, now: datetime, cfg: PolicyConfig) -> datetime | None:
     """When a member that is not eligible now may become eligible by time alone."""
-    if m.is_oauth and m.state not in TERMINAL and _looks_abandoned(m):
-        assert m.oauth_started_at is not None
+    if not m.is_oauth or m.state in TERMINAL or m.oauth_started_at is None:
+        return None
+    if _looks_abandoned(m):
         at = m.oauth_started_at + cfg.abandon_after
-        return at if at > now else None
-    return None
+    elif _oauth_failed(m):
+        at = m.oauth_started_at + cfg.oauth_error_delay
+    else:
+        return None
+    return at if at > now else None
 
 
 def skip_aggregation_for(

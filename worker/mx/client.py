@@ -1,10 +1,19 @@
-"""The MX client: one call, ``generate_oauth_window_uri``, over the Nexus or the Platform API.
+"""The MX client: fresh OAuth window URIs and members' live state, over Nexus or Platform.
 
 It owns the HTTP boundary to MX: concurrency cap, global rate limit, Nexus sessions, the body
-size cap, and the translation of every failure into :mod:`worker.errors` (only ``MxError``
-subclasses leave this module, plus ``ValueError`` for a request that breaks the redirect rules,
-which is a programming error). Retrying transient errors is the caller's policy, except the one
-Nexus session refresh on 401/4011, which is part of talking to Nexus at all.
+size cap, the checks on the URI MX answers (:mod:`worker.mx.uri`), and the translation of every
+failure into :mod:`worker.errors` (only ``MxError`` subclasses leave this module, plus
+``ValueError`` for a request that breaks the redirect rules, a programming error). What differs
+between API versions (paths, headers, query parameters, how answers are read) comes from a
+dialect (:mod:`worker.mx.api`). Retrying transient errors is the caller's policy, except Nexus
+session refreshes, which are part of talking to Nexus at all.
+
+What stops the fleet (an :class:`~worker.errors.MxConfigurationError`) is decided here and in
+:mod:`worker.mx.health`, on evidence about the client only: 405/406/415 at once; credential
+refusals (SSO 401/403/404, Platform 401/403, Nexus 403) once enough distinct users get them
+with no success in between. A Nexus 401/4011 always means "get a new session": refreshed
+single-flight per user, at most :data:`SESSION_TRIES` times per call, then a transient
+:class:`~worker.errors.SessionExpired`.
 
 Event loops: resources bound to a loop (the aiohttp session under httpx, Redis connections, the
 semaphore) are created lazily on the loop of the first call and released by :meth:`aclose`.
@@ -24,25 +33,39 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 from urllib.parse import urlencode
 
 import httpx
 import redis.asyncio as aioredis
 import structlog
 
+from worker import metrics
 from worker.clock import utc_now
-from worker.config import MxApi, Settings, redirect_allowed
-from worker.errors import BadResponse, MxError, MxForbidden, MxUnauthorized
+from worker.config import Settings, insecure_mx_url, redirect_allowed
+from worker.errors import (
+    BadResponse,
+    BlankOAuthUri,
+    ConfigError,
+    MxError,
+    MxForbidden,
+    MxUnauthorized,
+    NexusNotEnabled,
+    SessionExpired,
+    UnsafeOAuthUri,
+    UserNotFound,
+    UserRefused,
+)
 from worker.logging import fingerprint_uri, register_secret
 from worker.mx import params as P
+from worker.mx.api import Auth, Call, Dialect, NexusDialect, SessionFlow, dialect_for
+from worker.mx.health import SCOPE_NEXUS, SCOPE_SSO, CredentialHealth, MemoryTally, RedisTally
 from worker.mx.ratelimit import KEY_PREFIX, LocalRateLimiter, RateLimiter, RedisRateLimiter
 from worker.mx.responses import (
     BodyTooLarge,
     body_document,
     decode_success,
     error_for,
-    is_session_expired,
     parse_retry_after,
     read_capped,
     require_str,
@@ -55,12 +78,20 @@ from worker.mx.sessions import (
     SessionStore,
 )
 from worker.mx.transport import build_transport, translate_error
-from worker.mx.types import OAuthRequest, OAuthWindow
+from worker.mx.types import MemberRequest, MemberState, OAuthRequest, OAuthWindow
+from worker.mx.uri import UriRules, check_uri
 
 log = structlog.get_logger(__name__)
 
 #: Sent on every request: we read raw bytes under a cap, so compressed bodies are refused.
 _COMMON_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "reauth-worker"}
+#: Calls per Nexus request at most: the first plus three with a refreshed session. Sessions that
+#: MX expires while many of one user's calls are in flight can each cost a call a retry.
+SESSION_TRIES = 4
+#: Statuses that refuse our credentials or access, for one user or for the whole client.
+_REFUSALS = frozenset({401, 403})
+#: Unknown URI hosts logged at WARNING once per process each (then DEBUG); bounded memory.
+_UNKNOWN_HOSTS_LOGGED_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -87,11 +118,12 @@ class _LoopState:
     semaphore: asyncio.Semaphore
     limiter: RateLimiter
     sessions: SessionManager
+    health: CredentialHealth
     redis: aioredis.Redis | None
 
 
 class MxClient:
-    """Asks MX for fresh OAuth window URIs. Build it with :func:`build_mx_client`."""
+    """Talks to MX for the pipeline. Build it with :func:`build_mx_client`."""
 
     def __init__(
         self,
@@ -100,21 +132,37 @@ class MxClient:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        problem = insecure_mx_url(settings)
+        if problem is not None:
+            # Settings validate this too; model_copy(update=...) skips validation.
+            raise ConfigError(problem)
         self._settings = settings
         self._transport = transport
         self._clock = clock
-        self._api = MxApi(settings.mx_api)
+        self._dialect: Dialect = dialect_for(settings)
         self._api_key = settings.mx_api_key.get_secret_value()
         self._client_id = settings.mx_client_id
+        basic = base64.b64encode(f"{self._client_id}:{self._api_key}".encode()).decode()
+        self._basic = f"Basic {basic}"
         self._cap = settings.mx_max_body_bytes
         self._timeout = settings.mx_timeout
+        self._uri_rules = UriRules(
+            allow_insecure=settings.allow_insecure_urls,
+            allowed_hosts=tuple(settings.mx_uri_hosts),
+        )
         self._session_ttl = NEXUS_SESSION_TTL - settings.mx_session_margin
         if self._session_ttl <= timedelta(0):
             raise ValueError("REAUTH_MX_SESSION_MARGIN must be shorter than 30 minutes")
+        self._unknown_hosts: set[str] = set()
         self._state: _LoopState | None = None
 
     def __repr__(self) -> str:
-        return f"MxClient(api={self._api.value}, base_url={self._settings.mx_base_url!r})"
+        return f"MxClient(api={self._dialect.name}, base_url={self._settings.mx_base_url!r})"
+
+    @property
+    def api(self) -> str:
+        """The API and version in use, e.g. ``nexus`` or ``platform v20250224``."""
+        return self._dialect.name
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -136,6 +184,7 @@ class MxClient:
         if state.loop is not asyncio.get_running_loop():
             raise RuntimeError("MxClient.aclose() must run on the loop the client was used on")
         try:
+            await state.health.aclose()
             await state.http.aclose()
         finally:
             if state.redis is not None:
@@ -166,7 +215,11 @@ class MxClient:
         redis: aioredis.Redis | None = None
         limiter: RateLimiter
         store: SessionStore
+        tally: MemoryTally | RedisTally
         namespace = self._client_id or "default"
+        window = s.mx_credential_failure_window
+        # No caller waits longer for a rate-limit slot than for an answer.
+        max_wait = s.mx_timeout
         if s.redis_url:
             # A blocking pool: callers beyond the pool size wait for a connection instead of
             # failing (redis-py's default pool raises MaxConnectionsError past 100). Every
@@ -181,13 +234,19 @@ class MxClient:
             )
             redis = aioredis.Redis.from_pool(pool)  # from_pool: aclose() closes the pool
             limiter = RedisRateLimiter(
-                redis, s.mx_rate_limit_per_second, key=f"{KEY_PREFIX}{namespace}"
+                redis,
+                s.mx_rate_limit_per_second,
+                key=f"{KEY_PREFIX}{namespace}",
+                max_wait=max_wait,
             )
             store = RedisSessionStore(redis, self._session_ttl, namespace=namespace)
+            tally = RedisTally(redis, window, namespace=namespace)
         else:
-            limiter = LocalRateLimiter(s.mx_rate_limit_per_second)
+            limiter = LocalRateLimiter(s.mx_rate_limit_per_second, max_wait=max_wait)
             store = MemorySessionStore(self._session_ttl, self._clock)
-        # The creation lock must outlive a creation: two MX requests, each bounded by timeout.
+            tally = MemoryTally(window)
+        # The creation lock must outlive a creation: two MX requests, each bounded by timeout,
+        # and the wait for the verdict on a refusal.
         lock_ttl = timedelta(seconds=4 * s.mx_timeout + 5)
         return _LoopState(
             loop=loop,
@@ -195,25 +254,47 @@ class MxClient:
             semaphore=asyncio.Semaphore(s.mx_max_concurrency),
             limiter=limiter,
             sessions=SessionManager(store, lock_ttl=lock_ttl),
+            health=CredentialHealth(
+                tally,
+                threshold=s.mx_credential_failure_users,
+                hold=min(1.0, s.mx_timeout),
+            ),
             redis=redis,
         )
 
-    # --- the one call --------------------------------------------------------------------------
+    # --- the calls -----------------------------------------------------------------------------
     async def generate_oauth_window_uri(self, request: OAuthRequest) -> OAuthWindow:
         """A fresh one-time OAuth window URI for ``request.member_guid``.
 
         Raises:
-            NotOAuthCapable, MemberNotFound, MxBadRequest: permanent, the member's problem.
-            MxUnauthorized, MxForbidden: our credentials/IP/feature; stop and alert.
-            RateLimited, ServerError, MxTimeout, MxConnectionError, BadResponse: transient.
+            NotOAuthCapable (incl. BlankOAuthUri), MemberNotFound, MxBadRequest,
+                UnsafeOAuthUri: permanent, the member's problem.
+            MxConfigurationError (MxRequestRefused, MxUnauthorized, MxForbidden,
+                NexusNotEnabled): the whole client's problem; stop and alert.
+            MxTransientError (RateLimited, ServerError, MxTimeout, MxConnectionError,
+                BadResponse, SessionExpired, UserRefused, UserNotFound): retry later.
             ValueError: ``client_redirect_url`` is not under REAUTH_ALLOWED_REDIRECT_PREFIXES.
         """
         self._check_redirect(request)
         state = self._loop_state()
-        if self._api is MxApi.PLATFORM:
-            window = await self._platform(state, request)
-        else:
-            window = await self._nexus(state, request)
+        call = self._dialect.oauth_window(request)
+        user = self._dialect.user_key(request.user_guid, request.user_id)
+        answer = await self._authorized(state, call, user)
+        doc = self._success_doc(answer, call.what)
+        fields = self._dialect.window_fields(doc, what=call.what, status=answer.status)
+        uri = fields.oauth_window_uri
+        if uri is None or not uri.strip():
+            # MX documents the URI as blank for a member that does not use OAuth: permanent.
+            raise BlankOAuthUri(
+                f"{call.what}: 200 with a blank oauth_window_uri (member cannot use OAuth)",
+                status=answer.status,
+            )
+        self._check_uri(uri, request.member_guid, call.what)
+        window = OAuthWindow(
+            member_guid=fields.member_guid or request.member_guid,
+            oauth_window_uri=uri,
+            generated_at=self._clock(),
+        )
         log.debug(
             "mx.oauth_window",
             member_guid=request.member_guid,
@@ -222,6 +303,32 @@ class MxClient:
         )
         return window
 
+    async def read_member(self, request: MemberRequest) -> MemberState:
+        """The member's live state as MX sees it now (connection status, aggregation).
+
+        Raises the same errors as :meth:`generate_oauth_window_uri`, except the URI ones
+        (404: MemberNotFound).
+        """
+        state = self._loop_state()
+        call = self._dialect.read_member(request)
+        user = self._dialect.user_key(request.user_guid, request.user_id)
+        answer = await self._authorized(state, call, user)
+        doc = self._success_doc(answer, call.what)
+        member = self._dialect.member_state(
+            doc,
+            asked=request.member_guid,
+            read_at=self._clock(),
+            what=call.what,
+            status=answer.status,
+        )
+        log.debug(
+            "mx.member_state",
+            member_guid=request.member_guid,
+            connection_status=member.connection_status,
+            is_being_aggregated=member.is_being_aggregated,
+        )
+        return member
+
     def _check_redirect(self, request: OAuthRequest) -> None:
         url = request.client_redirect_url
         if url is not None and not redirect_allowed(url, self._settings.allowed_redirect_prefixes):
@@ -229,141 +336,155 @@ class MxClient:
                 "client_redirect_url is not under any prefix in REAUTH_ALLOWED_REDIRECT_PREFIXES"
             )
 
-    # --- Platform ------------------------------------------------------------------------------
-    async def _platform(self, state: _LoopState, request: OAuthRequest) -> OAuthWindow:
-        what = f"Platform oauth_window_uri {request.member_guid}"
-        basic = base64.b64encode(f"{self._client_id}:{self._api_key}".encode()).decode()
-        answer = await self._exchange(
-            state,
-            "GET",
-            self._settings.mx_base_url
-            + P.platform_oauth_path(request.user_guid, request.member_guid),
-            headers={"Authorization": f"Basic {basic}", "Accept": P.PLATFORM_MEDIA_TYPE},
-            params=query_params(request, MxApi.PLATFORM),
-            what=what,
-        )
-        return self._window(answer, what)
+    def _check_uri(self, uri: str, member_guid: str, what: str) -> None:
+        """Refuse a URI we must not hand to a person; count and log an unknown host."""
+        check = check_uri(uri, self._uri_rules)
+        if check.refusal is not None:
+            metrics.MX_URI_REFUSED.labels(reason=check.refusal.value).inc()
+            # Error level: MX answered something that looks deceptive or broken; someone should
+            # look. The URI itself is never logged (its token is a secret), only the host.
+            log.error(
+                "mx.oauth_uri_refused",
+                member_guid=member_guid,
+                reason=check.refusal.value,
+                host=check.host,
+            )
+            raise UnsafeOAuthUri(
+                f"{what}: oauth_window_uri refused ({check.refusal.value})",
+                reason=check.refusal.value,
+            )
+        if not check.known_host:
+            metrics.MX_URI_UNKNOWN_HOST.inc()
+            first = check.host not in self._unknown_hosts
+            if first and len(self._unknown_hosts) < _UNKNOWN_HOSTS_LOGGED_MAX:
+                self._unknown_hosts.add(str(check.host))
+            (log.warning if first else log.debug)(
+                "mx.oauth_uri_unknown_host",
+                member_guid=member_guid,
+                host=check.host,
+                hint="set REAUTH_MX_URI_HOSTS to enforce an allow-list",
+            )
 
-    # --- Nexus ---------------------------------------------------------------------------------
-    async def _nexus(self, state: _LoopState, request: OAuthRequest) -> OAuthWindow:
-        what = f"Nexus oauth_window_uri {request.member_guid}"
-        user = request.sso_user_id
+    # --- credentials ---------------------------------------------------------------------------
+    async def _authorized(self, state: _LoopState, call: Call, user: str) -> _Answer:
+        """Send ``call`` with the dialect's credentials. Returns the answer unless it is a
+        refusal (raised per :mod:`worker.mx.health`) or a session that stays expired."""
+        if self._dialect.auth is Auth.BASIC:
+            answer = await self._exchange(state, call, {"Authorization": self._basic})
+            scope = self._dialect.health_scope
+        else:
+            answer = await self._with_session(state, call, user)
+            scope = SCOPE_NEXUS
+        if answer.ok:
+            await state.health.succeeded(scope)
+        elif answer.status in _REFUSALS:
+            await self._refused(state, scope, user, answer, call.what)
+        return answer
+
+    async def _with_session(self, state: _LoopState, call: Call, user: str) -> _Answer:
+        """Nexus: send with the user's session; on 401/4011 drop it, get the newest one
+        (single-flight per user) and send again, at most :data:`SESSION_TRIES` times."""
+        assert isinstance(self._dialect, NexusDialect)
+        flow = self._dialect.sessions
 
         async def create() -> str:
-            return await self._create_session(state, user)
+            return await self._create_session(state, flow, user)
 
-        token = await state.sessions.token_for(user, create)
-        answer = await self._nexus_call(state, request, token, what)
-        if not answer.ok and is_session_expired(answer.status, answer.doc):
-            # MX expired the session (or never had it): one fresh session, one retry.
-            log.debug("mx.session_refresh", mx_user=user, status=answer.status)
-            await state.sessions.drop(user, token)
+        for attempt in range(1, SESSION_TRIES + 1):
             token = await state.sessions.token_for(user, create)
-            answer = await self._nexus_call(state, request, token, what)
-            if not answer.ok and is_session_expired(answer.status, answer.doc):
-                await state.sessions.drop(user, token)
-                raise MxUnauthorized(
-                    f"{what}: {answer.status} even with a fresh session", status=answer.status
-                )
-        return self._window(answer, what)
-
-    async def _nexus_call(
-        self, state: _LoopState, request: OAuthRequest, token: str, what: str
-    ) -> _Answer:
-        return await self._exchange(
-            state,
-            "GET",
-            self._settings.mx_base_url + P.nexus_oauth_path(request.member_guid),
-            headers={
-                P.HEADER_SESSION_TOKEN: token,
-                "Accept": P.NEXUS_MEDIA_TYPE,
-                "Content-Type": P.NEXUS_MEDIA_TYPE,
-            },
-            params=query_params(request, MxApi.NEXUS),
-            what=what,
+            answer = await self._exchange(state, call, {P.HEADER_SESSION_TOKEN: token})
+            if answer.ok or not flow.is_session_expired(answer.status, answer.doc):
+                return answer
+            # MX expired the session (or never had it). Another call may already have made a
+            # new one: drop only ours (compare-and-delete) and ask again.
+            log.debug("mx.session_refresh", mx_user=user, status=answer.status, attempt=attempt)
+            await state.sessions.drop(user, token)
+        raise SessionExpired(
+            f"{call.what}: session expired on {SESSION_TRIES} sessions in a row",
+            status=answer.status,
         )
 
-    async def _create_session(self, state: _LoopState, user: str) -> str:
+    async def _create_session(self, state: _LoopState, flow: SessionFlow, user: str) -> str:
         """SSO API token (one-time, 10 min) exchanged for a Nexus session token."""
-        what = "SSO api_token"
-        answer = await self._exchange(
-            state,
-            "GET",
-            self._settings.mx_sso_base_url + P.sso_token_path(self._client_id, user),
-            headers={P.HEADER_API_KEY: self._api_key, "Accept": P.SSO_MEDIA_TYPE},
-            what=what,
-        )
-        self._raise_for_session_step(answer, what)
+        call = flow.api_token(user)
+        answer = await self._exchange(state, call, {P.HEADER_API_KEY: self._api_key})
+        if not answer.ok:
+            if answer.status in _REFUSALS or answer.status == 404:
+                # 404 is MX's documented "Nexus not enabled for this client", and also what an
+                # unknown user may get: only many distinct users tell them apart.
+                await self._refused(state, SCOPE_SSO, user, answer, call.what)
+            raise self._error(answer, call.what)
+        await state.health.succeeded(SCOPE_SSO)
         api_token = require_str(
-            decode_success(answer.status, answer.body, what=what),
+            decode_success(answer.status, answer.body, what=call.what),
             "api_token",
             "token",
-            what=what,
+            what=call.what,
             status=answer.status,
         )
-        what = "Nexus POST /sessions"
-        answer = await self._exchange(
-            state,
-            "POST",
-            self._settings.mx_base_url + P.NEXUS_SESSIONS_PATH,
-            headers={
-                P.HEADER_API_TOKEN: api_token,
-                "Accept": P.NEXUS_MEDIA_TYPE,
-                "Content-Type": P.NEXUS_MEDIA_TYPE,
-            },
-            what=what,
-        )
-        self._raise_for_session_step(answer, what)
+        call = flow.session()
+        answer = await self._exchange(state, call, {P.HEADER_API_TOKEN: api_token})
+        if not answer.ok:
+            if answer.status in _REFUSALS or answer.status == 404:
+                await self._refused(state, SCOPE_NEXUS, user, answer, call.what)
+            raise self._error(answer, call.what)
+        log.debug("mx.session_made", mx_user=user)
         return require_str(
-            decode_success(answer.status, answer.body, what=what),
+            decode_success(answer.status, answer.body, what=call.what),
             "session",
             "token",
-            what=what,
+            what=call.what,
             status=answer.status,
         )
 
-    def _raise_for_session_step(self, answer: _Answer, what: str) -> None:
-        if answer.ok:
-            return
-        if answer.status == 404:
-            # MX documents 404 on the SSO token read as "Nexus not enabled for this client".
-            # Nothing about the member is involved, so this must stop the line, never mark
-            # members as gone.
-            raise MxForbidden(
-                f"{what}: 404: Nexus not enabled for this client id, or wrong base URL",
-                status=404,
+    async def _refused(
+        self, state: _LoopState, scope: str, user: str, answer: _Answer, what: str
+    ) -> NoReturn:
+        """MX refused ``user``: client-wide once enough distinct users were refused (see
+        :mod:`worker.mx.health`), else that user's transient problem."""
+        status = answer.status
+        users = self._settings.mx_credential_failure_users
+        if await state.health.refused(scope, user):
+            log.error("mx.credentials_refused", scope=scope, status=status, users=users)
+            evidence = f"for {users} or more distinct users with no success in between"
+            if status == 404:
+                raise NexusNotEnabled(
+                    f"{what}: 404 {evidence}: Nexus not enabled for this client id, or wrong "
+                    "REAUTH_MX_SSO_BASE_URL",
+                    status=status,
+                )
+            if status == 403:
+                raise MxForbidden(
+                    f"{what}: 403 {evidence}: IP not allow-listed or feature not enabled",
+                    status=status,
+                )
+            raise MxUnauthorized(
+                f"{what}: {status} {evidence}: check REAUTH_MX_CLIENT_ID, REAUTH_MX_API_KEY and "
+                "the MX environment",
+                status=status,
             )
-        raise self._error(answer, what)
+        log.warning("mx.user_refused", scope=scope, status=status, mx_user=user)
+        if status == 404:
+            raise UserNotFound(f"{what}: 404 for user {user}", status=status, user=user)
+        raise UserRefused(f"{what}: {status} for user {user}", status=status, user=user)
 
     # --- shared --------------------------------------------------------------------------------
     def _error(self, answer: _Answer, what: str) -> MxError:
         retry_after = parse_retry_after(answer.headers.get("retry-after"), self._clock)
         return error_for(answer.status, answer.doc, what=what, retry_after=retry_after)
 
-    def _window(self, answer: _Answer, what: str) -> OAuthWindow:
+    def _success_doc(self, answer: _Answer, what: str) -> dict[str, Any]:
         if not answer.ok:
             raise self._error(answer, what)
-        doc = decode_success(answer.status, answer.body, what=what)
-        guid = require_str(doc, "member", "guid", what=what, status=answer.status)
-        uri = require_str(doc, "member", "oauth_window_uri", what=what, status=answer.status)
-        if not uri.startswith(("https://", "http://")):
-            raise BadResponse(f"{what}: oauth_window_uri is not an http(s) URL", status=200)
-        return OAuthWindow(member_guid=guid, oauth_window_uri=uri, generated_at=self._clock())
+        return decode_success(answer.status, answer.body, what=what)
 
-    async def _exchange(
-        self,
-        state: _LoopState,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str],
-        what: str,
-        params: dict[str, str] | None = None,
-    ) -> _Answer:
+    async def _exchange(self, state: _LoopState, call: Call, auth: dict[str, str]) -> _Answer:
         """One HTTP request under the concurrency cap and the rate limit; body read capped.
 
-        Raises only :class:`MxError` subclasses (transport failures, oversized bodies).
+        Raises only :class:`MxError` subclasses (transport failures, oversized bodies, no
+        rate-limit slot within the timeout).
         """
+        what = call.what
         async with state.semaphore:
             # The rate-limit slot is taken only once we may send, right before sending (see
             # worker.mx.ratelimit for why a slot taken earlier could break the global rate).
@@ -376,9 +497,9 @@ class MxClient:
                     # client.build_request(params=...); the client's default headers and
                     # timeouts are carried over explicitly.
                     request = httpx.Request(
-                        method,
-                        f"{url}?{urlencode(params)}" if params else url,
-                        headers={**_COMMON_HEADERS, **headers},
+                        call.method,
+                        f"{call.url}?{urlencode(call.params)}" if call.params else call.url,
+                        headers={**_COMMON_HEADERS, **call.headers, **auth},
                         extensions={"timeout": state.http.timeout.as_dict()},
                     )
                     response = await state.http.send(request, stream=True)
@@ -404,25 +525,6 @@ class MxClient:
         return _Answer(status=status, body=body, headers=response.headers)
 
 
-def query_params(request: OAuthRequest, api: MxApi) -> dict[str, str]:
-    """The query string for the OAuth window call (names chosen in :mod:`worker.mx.params`).
-
-    ``client_redirect_url`` only ever goes out with APP (``OAuthRequest`` refuses it with
-    BROWSER). The Platform API documents ``ui_message_webview_url_scheme`` for APP only, so it
-    is left out of Platform BROWSER requests; Nexus's own example URI carries it with BROWSER.
-    """
-    out = {
-        P.Q_REFERRAL_SOURCE: request.referral_source,
-        P.Q_SKIP_AGGREGATION: "true" if request.skip_aggregation else "false",
-    }
-    if request.client_redirect_url is not None and request.referral_source == P.REFERRAL_APP:
-        out[P.Q_CLIENT_REDIRECT_URL] = request.client_redirect_url
-    scheme = request.ui_message_webview_url_scheme
-    if scheme is not None and (api is MxApi.NEXUS or request.referral_source == P.REFERRAL_APP):
-        out[P.Q_UI_MESSAGE_SCHEME] = scheme
-    return out
-
-
 def build_mx_client(
     settings: Settings,
     *,
@@ -431,7 +533,10 @@ def build_mx_client(
 ) -> MxClient:
     """The MX client for ``settings`` (``REAUTH_MX_*``; Redis shared state when
     ``REAUTH_REDIS_URL`` is set). ``transport`` replaces the network (tests); ``clock`` stamps
-    ``generated_at`` and times the in-process session cache.
+    ``generated_at``/``read_at`` and times the in-process session cache.
+
+    Raises:
+        ConfigError: plain-http MX URLs without REAUTH_ALLOW_INSECURE_URLS.
     """
     register_secret(settings.mx_api_key.get_secret_value())
     return MxClient(settings, transport=transport, clock=clock)

@@ -18,6 +18,16 @@ only after the concurrency semaphore is held, immediately before the request is 
 taken earlier and used late could bunch up with later slots); and a cancelled waiter's slot is
 simply wasted, which errs on the slow side.
 
+The shared state cannot be poisoned (a rate of 0.01/s once pushed the next slot ten minutes
+ahead and stalled every worker even after the setting was fixed):
+
+* the setting is bounded (REAUTH_MX_RATE_LIMIT_PER_SECOND at least 1);
+* no caller waits longer than ``max_wait`` (the request timeout) for a slot: when the next slot
+  is further away, nothing is reserved and :class:`worker.errors.RateLimitBacklog` tells the
+  caller when to come back, so one slow setting can only ever reserve about one interval ahead;
+* the interval is stored with the TAT, and a caller with another interval first rescales the
+  outstanding backlog to its own spacing, so a changed setting takes effect at once.
+
 Without Redis the same arithmetic runs in process (one budget per process).
 """
 
@@ -31,27 +41,42 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from worker.errors import MxConnectionError
+from worker.errors import MxConnectionError, RateLimitBacklog
 
-#: Key prefix of the shared limiter state (one key per MX client id).
-KEY_PREFIX = "reauth:mx:ratelimit:"
+#: Key prefix of the shared limiter state (one hash per MX client id: ``tat``, ``interval``).
+#: Not the pre-bound ``ratelimit:`` string key, whose state an older worker may have poisoned.
+KEY_PREFIX = "reauth:mx:rate:"
 
-# KEYS[1]: TAT key (integer microseconds, Redis clock). ARGV[1]: interval in microseconds.
-# ARGV[2]: how many consecutive slots to reserve (default 1).
-# Returns the microseconds to wait before the first reserved slot starts (0 = now); the others
-# follow one interval apart.
+# KEYS[1]: the state hash (integer microseconds, Redis clock). ARGV[1]: interval (us).
+# ARGV[2]: how many consecutive slots are wanted. ARGV[3]: the longest wait allowed (us).
+# Returns {k, wait}: k slots reserved (0: none, the next slot is more than max_wait away), the
+# first starting in `wait` microseconds and the others one interval apart.
 # string.format('%.0f') because tostring() on a 16-digit number loses digits in Lua 5.1.
 _GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
-local n = tonumber(ARGV[2] or '1')
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local nxt = tat + interval * n
-local ttl_ms = math.floor((nxt - now) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', ttl_ms)
-return string.format('%.0f', tat - now)
+local n = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tat', 'interval')
+local tat = tonumber(state[1] or '0') or 0
+local old = tonumber(state[2] or ARGV[1]) or interval
+if tat < now then
+  tat = now
+elseif old ~= interval and old > 0 then
+  -- The setting changed: what is booked ahead was booked at the old spacing; count it in slots
+  -- and respace it at ours, so a fixed setting takes effect at once.
+  tat = now + math.floor((tat - now) * interval / old)
+end
+local wait = tat - now
+local k = 0
+if wait <= max_wait then
+  k = math.min(n, math.floor((max_wait - wait) / interval) + 1)
+end
+local nxt = tat + interval * k
+redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', nxt), 'interval', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.floor((nxt - now) / 1000) + 1000)
+return {k, wait}
 """
 
 
@@ -59,7 +84,12 @@ class RateLimiter(Protocol):
     """Waits until the caller may send one request."""
 
     async def acquire(self) -> float:
-        """Wait for a slot; returns the seconds waited."""
+        """Wait for a slot; returns the seconds waited.
+
+        Raises:
+            RateLimitBacklog: no slot within ``max_wait``; nothing was reserved.
+            MxConnectionError: the shared state is unreachable.
+        """
         ...
 
 
@@ -70,19 +100,29 @@ def _interval_us(rate_per_second: float) -> int:
     return max(1, math.ceil(1_000_000 / rate_per_second))
 
 
+def _backlog(wait: float) -> RateLimitBacklog:
+    return RateLimitBacklog(
+        f"MX rate limit: next slot in {wait:.1f}s, beyond REAUTH_MX_TIMEOUT; nothing sent",
+        retry_after=wait,
+    )
+
+
 class LocalRateLimiter:
     """GCRA in one process (no Redis configured): the same spacing, one budget per process."""
 
-    def __init__(self, rate_per_second: float) -> None:
+    def __init__(self, rate_per_second: float, *, max_wait: float) -> None:
         self._interval = _interval_us(rate_per_second) / 1e6
+        self._max_wait = max_wait
         self._tat = 0.0
 
     async def acquire(self) -> float:
         # No await between reading and writing _tat, so no lock is needed on one event loop.
         now = time.monotonic()
         slot = max(self._tat, now)
-        self._tat = slot + self._interval
         wait = slot - now
+        if wait > self._max_wait:
+            raise _backlog(wait)
+        self._tat = slot + self._interval
         if wait > 0:
             await asyncio.sleep(wait)
         return wait
@@ -91,26 +131,33 @@ class LocalRateLimiter:
 class RedisRateLimiter:
     """GCRA shared by every process that uses the same Redis and key."""
 
-    def __init__(self, redis: aioredis.Redis, rate_per_second: float, *, key: str) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, rate_per_second: float, *, key: str, max_wait: float
+    ) -> None:
         self._redis = redis
         self._interval_us = _interval_us(rate_per_second)
+        self._max_wait_us = max(0, int(max_wait * 1_000_000))
         self._key = key
         self._script = redis.register_script(_GCRA_LUA)
         self._waiters: list[asyncio.Future[float]] = []
         self._flushing = False
 
-    async def reserve(self, n: int = 1) -> float:
-        """Take the next ``n`` slots; returns the seconds until the first starts (no sleeping).
+    async def reserve(self, n: int = 1) -> tuple[int, float]:
+        """Take up to ``n`` consecutive slots within ``max_wait`` (no sleeping).
 
-        The others start one interval apart after it.
+        Returns how many were taken (0 when the next slot is beyond ``max_wait``) and the
+        seconds until the first starts; the others start one interval apart after it.
         """
         try:
-            raw = await self._script(keys=[self._key], args=[self._interval_us, n])
+            raw = await self._script(
+                keys=[self._key], args=[self._interval_us, n, self._max_wait_us]
+            )
         except (RedisError, OSError) as exc:
             raise MxConnectionError(
                 f"MX rate limiter: Redis unavailable ({exc.__class__.__name__})"
             ) from exc
-        return max(0, int(raw)) / 1e6
+        taken, wait = int(raw[0]), max(0, int(raw[1])) / 1e6
+        return taken, wait
 
     async def acquire(self) -> float:
         # Callers arriving together (a batch's calls released by the semaphore at once) share
@@ -136,7 +183,7 @@ class RedisRateLimiter:
         if not waiters:
             return
         try:
-            first = await self.reserve(len(waiters))
+            taken, first = await self.reserve(len(waiters))
         except MxConnectionError as exc:
             for w in waiters:
                 if not w.done():
@@ -144,5 +191,9 @@ class RedisRateLimiter:
             return
         interval = self._interval_us / 1e6
         for i, w in enumerate(waiters):
-            if not w.done():  # a cancelled caller's slot is simply wasted (errs slow)
+            if w.done():  # a cancelled caller's slot is simply wasted (errs slow)
+                continue
+            if i < taken:
                 w.set_result(first + i * interval)
+            else:
+                w.set_exception(_backlog(first + i * interval))

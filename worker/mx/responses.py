@@ -29,6 +29,7 @@ from worker.errors import (
     MxBadRequest,
     MxError,
     MxForbidden,
+    MxRequestRefused,
     MxTimeout,
     MxUnauthorized,
     NotOAuthCapable,
@@ -169,6 +170,13 @@ def parse_retry_after(value: str | None, now: Callable[[], datetime]) -> float |
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+_SHAPE = {
+    405: "method not allowed",
+    406: "not acceptable (no valid API version or media type)",
+    415: "unsupported media type",
+}
+
+
 def _summary(message: str | None) -> str:
     # MX messages are short and hold no secrets; cap them anyway so a huge body cannot bloat
     # an exception (and a log line) and strip control characters.
@@ -187,8 +195,10 @@ def error_for(
 ) -> MxError:
     """The one error for a non-2xx answer. ``what`` names the call (no secrets, no tokens).
 
-    401 and 403 are configuration errors here; the Nexus backend refreshes the session once
-    before it lets a 401 reach this function.
+    401 and 403 map to the client-wide classes here; the client only lets them through once
+    :mod:`worker.mx.health` says enough distinct users were refused (and Nexus session expiry
+    is handled before this function). 405, 406 and 415 are about the request's shape (method,
+    API version, media type), identical for every member, so they are client-wide at once.
     """
     message = error_message(doc)
     tail = _summary(message)
@@ -201,6 +211,12 @@ def error_for(
         return MxForbidden(f"{what}: 403 forbidden{tail}", status=status)
     if status == 404:
         return MemberNotFound(f"{what}: 404 not found{tail}", status=status)
+    if status in (405, 406, 415):
+        return MxRequestRefused(
+            f"{what}: {status} {_SHAPE[status]}{tail}; check REAUTH_MX_API, "
+            "REAUTH_MX_API_VERSION and the base URL",
+            status=status,
+        )
     if status == 408:
         return MxTimeout(f"{what}: 408 request timeout", status=status)
     if status == 429:

@@ -1,19 +1,26 @@
-"""The sandbox endpoints and MX-side state: SSO API tokens, Nexus sessions, OAuth window URIs.
+"""The sandbox endpoints and MX-side state: SSO API tokens, Nexus sessions, OAuth window URIs,
+members' live state.
 
 Endpoints, all on one app and port (``/sso`` prefixes the SSO API):
 
 * ``GET /sso/{client_id}/users/{user_id}/api_token[.json]`` with ``MD-API-KEY`` and
   ``Accept: application/vnd.moneydesktop.sso.v3+json``: a one-time API token, valid 10 minutes.
 * ``POST /sessions`` with ``MD-API-TOKEN`` (consumed) and the Nexus media type: a session token
-  for the token's user, with MX's 30-minute sliding expiry.
-* ``GET /members/{guid}/oauth_window_uri`` with ``MD-SESSION-TOKEN`` (Nexus).
-* ``GET /users/{user_guid}/members/{guid}/oauth_window_uri`` with HTTP Basic (Platform).
+  for the token's user, with MX's 30-minute sliding expiry (and ``session_max_uses``).
+* ``GET /members/{guid}/oauth_window_uri`` and ``GET /members/{guid}`` with
+  ``MD-SESSION-TOKEN`` (Nexus).
+* ``GET /users/{user}/members/{member}/oauth_window_uri`` and ``.../status`` with HTTP Basic
+  and a Platform version: ``Accept: application/json`` + ``Accept-Version: v20250224``, or
+  ``Accept: application/vnd.mx.api.v1+json`` + ``Accept-Version: v20111101`` (406 otherwise).
+  v20250224 paths also take the partner's user and member ids.
 * ``GET /oauth/predirect_to/{guid}/{token}``: "opens" a URI once (200), then 410: URIs are
   one-time (when ``uri_base`` points at the sandbox).
-* Admin: ``GET|PUT /_sandbox/config``, ``GET|DELETE /_sandbox/requests``, ``GET /_sandbox/stats``.
+* Admin: ``GET|PUT /_sandbox/config``, ``GET|DELETE /_sandbox/requests``, ``GET /_sandbox/stats``,
+  ``PUT|DELETE /_sandbox/members/{guid}`` (a member's live state).
 
-Checks in order: credentials (401), media types (406 for Accept, 415 for Content-Type), then the
-request. Errors use the configured envelope, since MX's is undocumented.
+Checks in order: credentials (401), media types and versions (406 for Accept/Accept-Version,
+415 for Content-Type), then the request. Errors use the configured envelope, since MX's is
+undocumented.
 """
 
 from __future__ import annotations
@@ -35,17 +42,40 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from worker.mx import params as P
+from worker.mx.api import platform_v20111101, platform_v20250224
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.faults import FaultMiddleware, RequestLog
-from worker.sandbox.members import MemberSource, answered_guid, open_source
+from worker.sandbox.members import (
+    BLANK_URI_MARKER,
+    FOREIGN_URI_MARKER,
+    NO_USER_MARKER,
+    MemberSource,
+    SandboxMember,
+    answered_guid,
+    open_source,
+)
 
-_MEDIA = {"sso": P.SSO_MEDIA_TYPE, "platform": P.PLATFORM_MEDIA_TYPE}
+#: Platform ``Accept-Version`` → the ``Accept`` it goes with.
+PLATFORM_MEDIA = {
+    platform_v20250224.VERSION: platform_v20250224.MEDIA_TYPE,
+    platform_v20111101.VERSION: platform_v20111101.MEDIA_TYPE,
+}
+#: How MX member guids start (partner ids, on v20250224 paths, do not).
+GUID_PREFIX = "MBR-"
+#: Platform versions whose paths take the partner's ids as well as guids.
+PARTNER_ID_VERSIONS = frozenset({platform_v20250224.VERSION})
+_MEDIA = {"sso": P.SSO_MEDIA_TYPE, "platform": platform_v20250224.MEDIA_TYPE}
+#: Live-state fields a member override may set (``PUT /_sandbox/members/{guid}``).
+STATE_FIELDS = frozenset(
+    {"connection_status", "is_being_aggregated", "aggregated_at", "successfully_aggregated_at"}
+)
 
 
 @dataclass
 class _Session:
     user: str
     expires_at: float
+    uses: int = 0
 
 
 class _Reject(Exception):
@@ -66,6 +96,8 @@ class Sandbox:
         self._sessions: dict[str, _Session] = {}
         self._uris: dict[str, bool] = {}  # URI token -> opened already
         self._nexus_calls = 0
+        #: Live-state overrides per member guid (connection_status, aggregation fields).
+        self.member_states: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, int] = {"api_tokens_issued": 0, "sessions_created": 0, "uris": 0}
         self._source: MemberSource | None = None
         self._source_key: tuple[str | None, str | None] | None = None
@@ -74,9 +106,15 @@ class Sandbox:
             Route("/sso/{client_id}/users/{user_id}/api_token.json", self.sso, methods=["GET"]),
             Route("/sessions", self.create_session, methods=["POST"]),
             Route("/members/{member_guid}/oauth_window_uri", self.nexus_oauth, methods=["GET"]),
+            Route("/members/{member_guid}", self.nexus_member, methods=["GET"]),
             Route(
                 "/users/{user_guid}/members/{member_guid}/oauth_window_uri",
                 self.platform_oauth,
+                methods=["GET"],
+            ),
+            Route(
+                "/users/{user_guid}/members/{member_guid}/status",
+                self.platform_status,
                 methods=["GET"],
             ),
             Route("/oauth/predirect_to/{member_guid}/{token}", self.open_uri, methods=["GET"]),
@@ -85,6 +123,8 @@ class Sandbox:
             Route("/_sandbox/requests", self.get_requests, methods=["GET"]),
             Route("/_sandbox/requests", self.clear_requests, methods=["DELETE"]),
             Route("/_sandbox/stats", self.get_stats, methods=["GET"]),
+            Route("/_sandbox/members/{member_guid}", self.put_member, methods=["PUT"]),
+            Route("/_sandbox/members/{member_guid}", self.delete_member, methods=["DELETE"]),
         ]
         self._asgi = FaultMiddleware(self, Starlette(routes=routes))
 
@@ -125,8 +165,10 @@ class Sandbox:
             body, status_code=status, headers=headers, media_type=self.media_type(endpoint)
         )
 
-    def _ok(self, data: dict[str, Any], endpoint: str) -> Response:
-        return JSONResponse(data, media_type=self.media_type(endpoint))
+    def _ok(self, data: dict[str, Any], endpoint: str, version: str | None = None) -> Response:
+        # A Platform answer comes in the media type of the version asked for.
+        media = PLATFORM_MEDIA.get(version or "") or self.media_type(endpoint)
+        return JSONResponse(data, media_type=media)
 
     def _require_accept(self, request: Request, endpoint: str) -> None:
         if self.media_type(endpoint) not in request.headers.get("accept", ""):
@@ -158,8 +200,14 @@ class Sandbox:
             self._require_accept(request, "sso")
         except _Reject as reject:
             return reject.response
-        token = self._new_token()
         user = request.path_params["user_id"]
+        if not cfg.nexus_enabled:
+            # MX documents 404 on the token read when Nexus is not enabled for the client.
+            return self.error_response(404, None, "Not found", "sso")
+        if NO_USER_MARKER in user:
+            status = cfg.sso_user_failure_status
+            return self.error_response(status, None, "User not found or disabled", "sso")
+        token = self._new_token()
         self._api_tokens[token] = (user, time.monotonic() + cfg.api_token_ttl_seconds)
         self.stats["api_tokens_issued"] += 1
         return self._ok({"api_token": {"token": token}}, "sso")
@@ -185,6 +233,19 @@ class Sandbox:
         return self._ok({"session": {"token": session_token}}, "sessions")
 
     async def nexus_oauth(self, request: Request) -> Response:
+        session = self._nexus_session(request)
+        if isinstance(session, Response):
+            return session
+        return await self._oauth_answer(request, session.user, "nexus")
+
+    async def nexus_member(self, request: Request) -> Response:
+        session = self._nexus_session(request)
+        if isinstance(session, Response):
+            return session
+        return await self._member_answer(request, session.user, "nexus", None)
+
+    def _nexus_session(self, request: Request) -> _Session | Response:
+        """The live session of a Nexus call, or the error answer (401, 406, 415, 4011)."""
         token = request.headers.get(P.HEADER_SESSION_TOKEN)
         if not token:
             return self.error_response(401, None, "Missing session token", "nexus")
@@ -198,22 +259,47 @@ class Sandbox:
         if session is None:
             return self.error_response(401, None, "Invalid session", "nexus")
         self._nexus_calls += 1
+        session.uses += 1
         every = self.config.expire_session_every
-        if session.expires_at < now or (every and self._nexus_calls % every == 0):
+        max_uses = self.config.session_max_uses
+        if (
+            session.expires_at < now
+            or (every and self._nexus_calls % every == 0)
+            or (max_uses and session.uses > max_uses)
+        ):
             del self._sessions[token]
             return self.error_response(401, P.SESSION_EXPIRED_CODE, "Session expired", "nexus")
         session.expires_at = now + self.config.session_ttl_seconds  # sliding expiry
-        return await self._oauth_answer(request, session.user, "nexus")
+        return session
 
     # --- Platform ------------------------------------------------------------------------------
     async def platform_oauth(self, request: Request) -> Response:
+        version = self._platform_version(request)
+        if isinstance(version, Response):
+            return version
+        user = request.path_params["user_guid"]
+        return await self._oauth_answer(request, user, "platform", version)
+
+    async def platform_status(self, request: Request) -> Response:
+        version = self._platform_version(request)
+        if isinstance(version, Response):
+            return version
+        user = request.path_params["user_guid"]
+        return await self._member_answer(request, user, "platform", version)
+
+    def _platform_version(self, request: Request) -> str | Response:
+        """The request's Platform version, or the error answer (401, 406)."""
         if not self._basic_ok(request.headers.get("authorization", "")):
             return self.error_response(401, None, "Invalid credentials", "platform")
-        try:
-            self._require_accept(request, "platform")
-        except _Reject as reject:
-            return reject.response
-        return await self._oauth_answer(request, request.path_params["user_guid"], "platform")
+        version = request.headers.get(P.HEADER_ACCEPT_VERSION, "").strip()
+        accept = request.headers.get("accept", "")
+        media = PLATFORM_MEDIA.get(version)
+        if version not in self.config.platform_versions or media is None or media not in accept:
+            # MX: "didn't specify a valid API version" (required since 2026-08-12).
+            return self.error_response(
+                406, None, "Not Acceptable: no valid API version", "platform"
+            )
+        return version
 
     def _basic_ok(self, header: str) -> bool:
         scheme, _, value = header.partition(" ")
@@ -226,7 +312,25 @@ class Sandbox:
         return secrets.compare_digest(decoded, f"{self.config.client_id}:{self.config.api_key}")
 
     # --- the OAuth window ----------------------------------------------------------------------
-    async def _oauth_answer(self, request: Request, user: str, endpoint: str) -> Response:
+    async def _find(
+        self, request: Request, user: str, endpoint: str, version: str | None
+    ) -> SandboxMember | Response:
+        """The member of the path, as MX would find it for ``user``, or the 404 answer."""
+        guid = request.path_params["member_guid"]
+        source = self._members()
+        member = None
+        if version in PARTNER_ID_VERSIONS and not guid.startswith(GUID_PREFIX):
+            # v20250224 paths take "id or guid"; MX guids start with MBR-.
+            member = await run_in_threadpool(source.lookup_id, guid)
+        if member is None:
+            member = await run_in_threadpool(source.lookup, guid)
+        if member is None or not member.belongs_to(user):
+            return self.error_response(404, 4040, "Member not found", endpoint)
+        return member
+
+    async def _oauth_answer(
+        self, request: Request, user: str, endpoint: str, version: str | None = None
+    ) -> Response:
         query = request.query_params
         referral = query.get(P.Q_REFERRAL_SOURCE, P.REFERRAL_BROWSER)
         problem = None
@@ -238,28 +342,76 @@ class Sandbox:
             problem = "client_redirect_url is only available with referral_source APP"
         elif endpoint == "platform" and P.Q_UI_MESSAGE_SCHEME in query and referral != "APP":
             problem = "ui_message_webview_url_scheme is only available with referral_source APP"
+        elif endpoint == "nexus" and P.Q_ENABLE_APP2APP in query:
+            problem = "enable_app2app is not a Nexus parameter"
+        elif endpoint == "platform" and query.get(P.Q_ENABLE_APP2APP, "true") not in {
+            "true",
+            "false",
+        }:
+            problem = "enable_app2app must be true or false"
         if problem is not None:
             return self.error_response(400, 4001, problem, endpoint)
 
-        guid = request.path_params["member_guid"]
-        source = self._members()
-        member = await run_in_threadpool(source.lookup, guid)
-        if member is None or not member.belongs_to(user):
-            return self.error_response(404, 4040, "Member not found", endpoint)
+        member = await self._find(request, user, endpoint, version)
+        if isinstance(member, Response):
+            return member
         if not member.is_oauth:
             return self.error_response(400, 4000, P.NOT_OAUTH_MESSAGE, endpoint)
+        answered = answered_guid(member.guid)
+        if BLANK_URI_MARKER in member.guid:
+            # MX documents a blank URI for a member that cannot use OAuth.
+            blank = {"member": {"guid": answered, "oauth_window_uri": None}}
+            return self._ok(blank, endpoint, version)
 
         token = self._new_token()
         self._uris[token] = False
         self.stats["uris"] += 1
         passed = {k: v for k, v in query.items() if k != P.Q_SKIP_AGGREGATION}
         passed.setdefault(P.Q_REFERRAL_SOURCE, referral)
-        answered = answered_guid(guid)
+        base = self.config.uri_base
+        if FOREIGN_URI_MARKER in member.guid:
+            base = self.config.foreign_uri_base
         uri = (
-            f"{self.config.uri_base.rstrip('/')}/oauth/predirect_to/"
+            f"{base.rstrip('/')}/oauth/predirect_to/"
             f"{quote(answered, safe='')}/{token}?{urlencode(passed)}"
         )
-        return self._ok({"member": {"guid": answered, "oauth_window_uri": uri}}, endpoint)
+        return self._ok({"member": {"guid": answered, "oauth_window_uri": uri}}, endpoint, version)
+
+    async def _member_answer(
+        self, request: Request, user: str, endpoint: str, version: str | None
+    ) -> Response:
+        member = await self._find(request, user, endpoint, version)
+        if isinstance(member, Response):
+            return member
+        state: dict[str, Any] = {
+            "connection_status": (
+                self.config.default_connection_status
+                if member.generated
+                else member.connection_status
+            ),
+            "is_being_aggregated": member.is_being_aggregated,
+            "aggregated_at": member.aggregated_at,
+            "successfully_aggregated_at": member.successfully_aggregated_at,
+        }
+        state.update(self.member_states.get(member.guid, {}))
+        body: dict[str, Any] = {"guid": answered_guid(member.guid), **state}
+        if endpoint == "nexus":
+            # Nexus members carry is_oauth; the Platform status object has is_authenticated.
+            body["is_oauth"] = member.is_oauth
+        else:
+            body["is_authenticated"] = state["connection_status"] == "CONNECTED"
+        return self._ok({"member": body}, endpoint, version)
+
+    def set_member_state(self, guid: str, /, **fields: Any) -> None:
+        """Override a member's live state (what the read endpoints answer).
+
+        Raises:
+            ValueError: a field that is not a live-state field.
+        """
+        unknown = set(fields) - STATE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown member state field(s): {', '.join(sorted(unknown))}")
+        self.member_states.setdefault(guid, {}).update(fields)
 
     async def open_uri(self, request: Request) -> Response:
         token = request.path_params["token"]
@@ -295,3 +447,17 @@ class Sandbox:
 
     async def get_stats(self, request: Request) -> Response:
         return JSONResponse({**self.stats, "active_sessions": len(self._sessions)})
+
+    async def put_member(self, request: Request) -> Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("expected a JSON object of member state fields")
+            self.set_member_state(request.path_params["member_guid"], **changes)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(self.member_states[request.path_params["member_guid"]])
+
+    async def delete_member(self, request: Request) -> Response:
+        self.member_states.pop(request.path_params["member_guid"], None)
+        return Response(status_code=204)

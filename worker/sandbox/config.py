@@ -34,6 +34,9 @@ FAULTS = (
 
 ERROR_ENVELOPES = ("error-object", "error-string", "top-level")
 
+#: Platform API versions the sandbox knows, by ``Accept-Version``.
+PLATFORM_VERSIONS = ("v20250224", "v20111101")
+
 
 @dataclass
 class SandboxConfig:
@@ -47,6 +50,17 @@ class SandboxConfig:
     members_db_url: str | None = None
     #: Host and scheme of generated URIs (MX's integration host by default).
     uri_base: str = "https://int-app.moneydesktop.com"
+    #: Host and scheme of URIs for members whose guid contains FOREIGNURI (not an MX domain).
+    foreign_uri_base: str = "https://auth.examplebank.test"
+    #: Platform API versions accepted in ``Accept-Version`` (each with its own ``Accept``);
+    #: anything else is 406, as MX answers since 2026-08-12.
+    platform_versions: list[str] = field(default_factory=lambda: list(PLATFORM_VERSIONS))
+    #: False: the SSO API answers 404 to every token read ("Nexus not enabled").
+    nexus_enabled: bool = True
+    #: What the SSO API answers for a user id containing NOUSER (404, 401 or 403).
+    sso_user_failure_status: int = 404
+    #: connection_status of on-the-fly members (read endpoints).
+    default_connection_status: str = "DENIED"
 
     latency: float = 0.0
     jitter: float = 0.0
@@ -65,6 +79,8 @@ class SandboxConfig:
     oversize_bytes: int = 10 * 1024 * 1024
     #: Every Nth Nexus OAuth call finds its session expired (401, code 4011). 0 = never.
     expire_session_every: int = 0
+    #: A Nexus session serves this many calls, then expires (401, code 4011). 0 = no limit.
+    session_max_uses: int = 0
     session_ttl_seconds: float = 1800.0
     api_token_ttl_seconds: float = 600.0
     #: How error bodies are shaped (MX does not document it): see docs/SANDBOX.md.
@@ -88,8 +104,17 @@ class SandboxConfig:
         for name in ("latency", "jitter", "hang_seconds", "session_ttl_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        if self.expire_session_every < 0 or self.oversize_bytes < 0:
-            raise ValueError("expire_session_every and oversize_bytes must not be negative")
+        if self.expire_session_every < 0 or self.oversize_bytes < 0 or self.session_max_uses < 0:
+            raise ValueError(
+                "expire_session_every, session_max_uses and oversize_bytes must not be negative"
+            )
+        unknown_versions = set(self.platform_versions) - set(PLATFORM_VERSIONS)
+        if unknown_versions:
+            raise ValueError(
+                f"unknown platform_versions {sorted(unknown_versions)}; use {PLATFORM_VERSIONS}"
+            )
+        if self.sso_user_failure_status not in (401, 403, 404):
+            raise ValueError("sso_user_failure_status must be 401, 403 or 404")
         if self.error_envelope not in ERROR_ENVELOPES:
             raise ValueError(f"error_envelope must be one of {', '.join(ERROR_ENVELOPES)}")
         unknown = set(self.fault_endpoints) - set(ENDPOINTS)
@@ -124,7 +149,11 @@ def _coerce(name: str, current: Any, value: Any) -> Any:
         if value is None or isinstance(value, str):
             return value or None
         raise ValueError(f"{name} must be a string or null")
-    if isinstance(current, bool) or isinstance(value, bool):
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be true or false")
+    if isinstance(value, bool):
         raise ValueError(f"{name}: booleans are not accepted")
     if isinstance(current, float) and isinstance(value, int | float):
         return float(value)

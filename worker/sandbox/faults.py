@@ -78,7 +78,7 @@ class RequestLog:
 
 
 def _entry(scope: Scope, endpoint: str) -> dict[str, Any]:
-    headers = {k.lower() for k, _ in scope["headers"]}
+    headers = {k.lower(): v for k, v in scope["headers"]}
     auth = next((name for raw, name in _AUTH_HEADERS if raw in headers), None)
     return {
         "time": time.time(),
@@ -86,6 +86,9 @@ def _entry(scope: Scope, endpoint: str) -> dict[str, Any]:
         "path": scope["path"],
         "query": dict(parse_qsl(scope["query_string"].decode("latin-1"))),
         "auth": auth,
+        # Not secrets, and what the version contract is about.
+        "accept": headers.get(b"accept", b"").decode("latin-1"),
+        "accept_version": headers.get(b"accept-version", b"").decode("latin-1") or None,
         "endpoint": endpoint,
         "status": None,
         "fault": None,
