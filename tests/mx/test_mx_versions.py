@@ -29,6 +29,7 @@ from worker.errors import (
 )
 from worker.metrics import MX_URI_REFUSED, MX_URI_UNKNOWN_HOST
 from worker.mx import MemberRequest, MemberState, OAuthRequest, OAuthWindow
+from worker.mx import client as client_module
 
 #: (settings overrides, Accept, Accept-Version) of each dialect.
 DIALECTS = {
@@ -49,6 +50,19 @@ DIALECTS = {
 @pytest.fixture(params=list(DIALECTS))
 def dialect(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+class LogRecorder:
+    """Stands in for the client's structlog logger: (level, event, fields) per call."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def record(event: str, **fields: Any) -> None:
+            self.events.append((level, event, fields))
+
+        return record
 
 
 def window(env: MxEnv, request: OAuthRequest, **settings: Any) -> OAuthWindow:
@@ -175,16 +189,20 @@ def test_enable_app2app_only_on_platform_app_links(mx_env: MxEnv, app2app: bool 
 
 
 def test_foreign_host_is_counted_and_logged_unless_an_allow_list_refuses_it(
-    mx_env: MxEnv, dialect: str
+    mx_env: MxEnv, dialect: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A URI on a bank's own host: accepted and counted as unknown without REAUTH_MX_URI_HOSTS;
     refused (UnsafeOAuthUri, counted) with an allow-list that does not name it; accepted again
     when the list names it."""
     overrides = DIALECTS[dialect][0]
     unknown = MX_URI_UNKNOWN_HOST._value.get()
+    logs = LogRecorder()
+    monkeypatch.setattr(client_module, "log", logs)
     got = window(mx_env, browser("MBR-FOREIGNURI-1"), **overrides)
     assert got.oauth_window_uri.startswith("https://auth.examplebank.test/")
     assert MX_URI_UNKNOWN_HOST._value.get() == unknown + 1
+    (event,) = [e for e in logs.events if e[1] == "mx.oauth_uri_unknown_host"]
+    assert (event[0], event[2]["host"]) == ("warning", "auth.examplebank.test")
     refused = MX_URI_REFUSED.labels(reason="host_not_allowed")._value.get()
     mx_only = {"mx_uri_hosts": ["moneydesktop.com", "mx.com"], **overrides}
     with pytest.raises(UnsafeOAuthUri) as info:
@@ -192,6 +210,8 @@ def test_foreign_host_is_counted_and_logged_unless_an_allow_list_refuses_it(
     assert info.value.reason == "host_not_allowed"
     assert "auth.examplebank.test/oauth" not in str(info.value)  # never the URI itself
     assert MX_URI_REFUSED.labels(reason="host_not_allowed")._value.get() == refused + 1
+    (alert,) = [e for e in logs.events if e[1] == "mx.oauth_uri_refused"]
+    assert (alert[0], alert[2]["reason"]) == ("error", "host_not_allowed")
     allowed = {"mx_uri_hosts": ["moneydesktop.com", "examplebank.test"], **overrides}
     assert window(mx_env, browser("MBR-FOREIGNURI-3"), **allowed).member_guid
 

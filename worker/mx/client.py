@@ -59,7 +59,14 @@ from worker.errors import (
 from worker.logging import fingerprint_uri, register_secret
 from worker.mx import params as P
 from worker.mx.api import Auth, Call, Dialect, NexusDialect, SessionFlow, dialect_for
-from worker.mx.health import SCOPE_NEXUS, SCOPE_SSO, CredentialHealth, MemoryTally, RedisTally
+from worker.mx.health import (
+    HOLD_SECONDS,
+    SCOPE_NEXUS,
+    SCOPE_SSO,
+    CredentialHealth,
+    MemoryTally,
+    RedisTally,
+)
 from worker.mx.ratelimit import KEY_PREFIX, LocalRateLimiter, RateLimiter, RedisRateLimiter
 from worker.mx.responses import (
     BodyTooLarge,
@@ -257,7 +264,7 @@ class MxClient:
             health=CredentialHealth(
                 tally,
                 threshold=s.mx_credential_failure_users,
-                hold=min(1.0, s.mx_timeout),
+                hold=min(HOLD_SECONDS, s.mx_timeout),
             ),
             redis=redis,
         )
