@@ -219,20 +219,20 @@ def make_settings(db_url: str, sb: Any, **extra: Any) -> Any:
     from worker.config import load_settings
     from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
 
-    return load_settings(
-        database_url=db_url,
-        mx_base_url=sb.base_url,
-        mx_sso_base_url=sb.sso_base_url,
-        allow_insecure_urls=True,  # the sandbox serves plain http on loopback
-        mx_client_id=DEFAULT_CLIENT_ID,
-        mx_api_key=DEFAULT_API_KEY,
-        app_redirect_url=REDIRECT,
-        app_url_scheme=SCHEME,
-        allowed_redirect_prefixes=[REDIRECT],
-        notify_sink="file",
-        batch_size=25,
-        **extra,
-    )
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "mx_base_url": sb.base_url,
+        "mx_sso_base_url": sb.sso_base_url,
+        "allow_insecure_urls": True,  # the sandbox serves plain http on loopback
+        "mx_client_id": DEFAULT_CLIENT_ID,
+        "mx_api_key": DEFAULT_API_KEY,
+        "app_redirect_url": REDIRECT,
+        "app_url_scheme": SCHEME,
+        "allowed_redirect_prefixes": [REDIRECT],
+        "notify_sink": "file",
+        "batch_size": 25,
+    }
+    return load_settings(**{**values, **extra})
 
 
 def scan_now(rt: Runtime, *, reason: str | None = None, **kwargs: Any) -> dict[str, Any]:

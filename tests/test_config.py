@@ -71,7 +71,7 @@ def test_api_key_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REAUTH_MX_PLATFORM_PATH_IDS", "partner", "REAUTH_MX_API=platform"),
         ("REAUTH_MX_URI_HOSTS", "https://mx.com/", "not a host name"),
         ("REAUTH_MX_CREDENTIAL_FAILURE_USERS", "1", "greater than or equal to 2"),
-        ("REAUTH_MX_CREDENTIAL_FAILURE_WINDOW", "0", "must be positive"),
+        ("REAUTH_MX_CREDENTIAL_FAILURE_WINDOW", "0", "must be between"),
     ],
 )
 def test_invalid_values_name_the_variable(

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from models import Member
 from tests.pipeline_helpers import make_settings, populate, scan_now
 from worker.clock import utc_now
 from worker.config import Settings
@@ -37,22 +40,34 @@ class Served:
         return [json.loads(x) for x in file.read_text().splitlines()] if file.exists() else []
 
 
-@pytest.fixture
-def served(db_url: str, sandbox: RunningSandbox, tmp_path: Path) -> Iterator[Served]:
-    """One expired member notified through an inline scan, and the web app serving its link."""
+@contextmanager
+def _serve(db_url: str, sandbox: RunningSandbox, *, channel: str) -> Iterator[Served]:
+    """One expired member of ``channel`` notified through an inline scan, and the web app
+    serving its link. The sandbox's OAuth window is served by the sandbox itself, and its
+    completion messages are accepted (REAUTH_MX_OAUTH_ORIGINS)."""
     import socket
 
     with socket.socket() as probe:  # the app's URL goes into messages, so pick the port first
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
+    sandbox.config.uri_base = sandbox.base_url
+    extra: dict[str, Any] = {}
+    if channel == "APP":  # APP links come back to our /oauth/complete with a signed state
+        extra = {
+            "app_redirect_url": f"{base}/oauth/complete",
+            "allowed_redirect_prefixes": [f"{base}/oauth/complete"],
+        }
     settings = make_settings(
-        db_url, sandbox, public_url=base, reconnect_secrets=[SECRET], allow_insecure_urls=True
-    )
+        db_url, sandbox, public_url=base, reconnect_secrets=[SECRET],
+        mx_oauth_origins=[sandbox.base_url], **extra,
+    )  # fmt: skip
     worker = Runtime(settings, inline=True)
     web = Runtime(settings)
     try:
         populate(worker.engine, 1, utc_now())  # one expired member
+        with worker.engine.begin() as conn:
+            conn.execute(update(Member).values(channel=channel))
         scan_now(worker, trigger="test")
         with serve_in_thread(create_app(web), port=port, name="reauth-serve"):
             yield Served(worker, web, base, sandbox, settings)
@@ -61,12 +76,30 @@ def served(db_url: str, sandbox: RunningSandbox, tmp_path: Path) -> Iterator[Ser
         worker.close()
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the session (skipped loudly without it; CI installs it)."""
+@pytest.fixture
+def served(db_url: str, sandbox: RunningSandbox) -> Iterator[Served]:
+    with _serve(db_url, sandbox, channel="BROWSER") as s:
+        yield s
+
+
+@pytest.fixture
+def served_app(db_url: str, sandbox: RunningSandbox) -> Iterator[Served]:
+    with _serve(db_url, sandbox, channel="APP") as s:
+        yield s
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A headless Chromium for one test (skipped loudly without it; CI installs it).
+
+    It asks for the test's ``served`` (or ``served_app``) first, so it starts after and stops
+    before the pipeline's runtimes:
+    Playwright's sync API keeps an event loop running on this thread while it is open, and the
+    runtimes run their own loop here when they start and close."""
     from tests.conftest import unavailable
     from tests.web.browser import chromium_path
 
+    request.getfixturevalue("served_app" if "served_app" in request.fixturenames else "served")
     path = chromium_path()
     if path is None:
         unavailable("Chromium (apt-get install chromium)", FileNotFoundError("chromium"))

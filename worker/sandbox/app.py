@@ -43,6 +43,7 @@ from starlette.types import Receive, Scope, Send
 
 from worker.mx import params as P
 from worker.mx.api import platform_v20111101, platform_v20250224
+from worker.sandbox import oauth_window
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.faults import FaultMiddleware, RequestLog
 from worker.sandbox.members import (
@@ -98,7 +99,9 @@ class Sandbox:
         self._nexus_calls = 0
         #: Live-state overrides per member guid (connection_status, aggregation fields).
         self.member_states: dict[str, dict[str, Any]] = {}
-        self.stats: dict[str, int] = {"api_tokens_issued": 0, "sessions_created": 0, "uris": 0}
+        self.stats: dict[str, int] = {
+            "api_tokens_issued": 0, "sessions_created": 0, "uris": 0, "authorized": 0,
+        }  # fmt: skip
         self._source: MemberSource | None = None
         self._source_key: tuple[str | None, str | None] | None = None
         routes = [
@@ -118,6 +121,11 @@ class Sandbox:
                 methods=["GET"],
             ),
             Route("/oauth/predirect_to/{member_guid}/{token}", self.open_uri, methods=["GET"]),
+            Route(
+                "/oauth/predirect_to/{member_guid}/{token}/decide",
+                self.decide_uri,
+                methods=["POST"],
+            ),
             Route("/_sandbox/config", self.get_config, methods=["GET"]),
             Route("/_sandbox/config", self.put_config, methods=["PUT"]),
             Route("/_sandbox/requests", self.get_requests, methods=["GET"]),
@@ -414,13 +422,33 @@ class Sandbox:
         self.member_states.setdefault(guid, {}).update(fields)
 
     async def open_uri(self, request: Request) -> Response:
+        """The OAuth window: one-time (a second open is 410, as MX URIs are single-use)."""
         token = request.path_params["token"]
         if token not in self._uris:
             return PlainTextResponse("unknown link", status_code=404)
         if self._uris[token]:
             return PlainTextResponse("this link was used already", status_code=410)
         self._uris[token] = True
-        return PlainTextResponse("sandbox: the OAuth flow would start here")
+        action = f"{request.url.path}/decide"
+        if request.url.query:
+            action += f"?{request.url.query}"
+        return oauth_window.window(request.path_params["member_guid"], action)
+
+    async def decide_uri(self, request: Request) -> Response:
+        """Authorize or Cancel in the OAuth window; Authorize makes the member CONNECTED."""
+        guid = request.path_params["member_guid"]
+        if request.path_params["token"] not in self._uris:
+            return PlainTextResponse("unknown link", status_code=404)
+        authorized, referral, redirect = await oauth_window.decision(request)
+        if authorized:
+            self.member_states.setdefault(guid, {}).update(
+                connection_status="CONNECTED", is_being_aggregated=False
+            )
+            self.stats["authorized"] += 1
+        return oauth_window.finish(
+            member_guid=guid, authorized=authorized, referral_source=referral,
+            redirect_url=redirect,
+        )  # fmt: skip
 
     # --- admin ---------------------------------------------------------------------------------
     async def get_config(self, request: Request) -> Response:

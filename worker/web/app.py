@@ -58,6 +58,13 @@ class ReconnectApp:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
+    def foreign(self, request: Request) -> bool:
+        """The POST names another site as its origin. Browsers send ``Origin: null`` from our
+        own page (its Referrer-Policy is no-referrer), so only a named other origin is
+        refused; the link's token, not the origin, is what authorises a press."""
+        origin = request.headers.get("origin")
+        return origin is not None and origin not in {"null", self.public_origin}
+
     def headers(self, nonce: str) -> dict[str, str]:
         h = {
             "Cache-Control": "no-store",
@@ -139,8 +146,7 @@ class ReconnectApp:
     async def press(self, request: Request) -> Response:
         """POST: a fresh BROWSER URI from MX, answered 303 (or JSON for the page's script)."""
         wants_json = "application/json" in request.headers.get("accept", "")
-        origin = request.headers.get("origin")
-        if origin is not None and origin != self.public_origin:
+        if self.foreign(request):
             return self.message(403, "Not allowed", "This request did not come from our page.",
                                 json=wants_json)  # fmt: skip
         found = await self.view(request.path_params["token"])
@@ -179,8 +185,7 @@ class ReconnectApp:
 
     async def report(self, request: Request) -> Response:
         """The page's script reports MX's oauthComplete message; MX is asked whether it is so."""
-        origin = request.headers.get("origin")
-        if origin is not None and origin != self.public_origin:
+        if self.foreign(request):
             return self.message(403, "Not allowed", "Not from our page.", json=True)
         found = await self.view(request.path_params["token"])
         if isinstance(found, Response):
