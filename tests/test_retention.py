@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, delete, func, insert, select, text
 
 from models import Attempt, Click, Member, Notification, OpsAction, ScanRun
 from tests.pipeline_helpers import cli
@@ -251,6 +251,9 @@ def test_every_batch_statement_reads_an_index(pg_url: str) -> None:
                 ).scalars()
             )
             assert "ix_clicks_notification_id" in plan
+            # The second statement of a batch: the ids through the primary key.
+            plan = _plan(conn, delete(Attempt).where(Attempt.id.in_(list(range(1, 1001)))))
+            assert "pk_attempts" in plan
             conn.rollback()
     finally:
         engine.dispose()
@@ -262,10 +265,7 @@ def _plan(conn: Any, stmt: Any) -> str:
 
 
 def _explain(conn: Any, session: Any, kind: store.Kind) -> str:
-    from sqlalchemy import delete
-
-    stmt = delete(kind.model).where(kind.pk.in_(store.batch_ids(session, kind, NOW, 1000)))
-    return _plan(conn, stmt)
+    return _plan(conn, store.oldest(kind, NOW, 1000))
 
 
 # --- settings, beat, CLI -----------------------------------------------------------------------

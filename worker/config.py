@@ -530,7 +530,7 @@ class Settings(BaseSettings):
     retention_scan_runs: timedelta = timedelta(days=30)
     retention_clicks: timedelta = timedelta(days=90)
     #: Rows per DELETE (one short transaction each).
-    retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    retention_batch_size: int = Field(default=1000, ge=1, le=10_000)
     #: How often beat runs the purge.
     retention_interval: timedelta = timedelta(hours=1)
 
