@@ -34,4 +34,8 @@ class Attempt(Base):
     task_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
 
-    __table_args__ = (Index("ix_attempts_member_created", "member_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_attempts_member_created", "member_id", "created_at"),
+        # Retention deletes the oldest rows first, in batches (worker.store.retention).
+        Index("ix_attempts_created_at", "created_at"),
+    )

@@ -38,4 +38,9 @@ class Click(Base):
     confirmed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
 
-    __table_args__ = (Index("ix_clicks_member_created", "member_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_clicks_member_created", "member_id", "created_at"),
+        # Retention (oldest first), and deleting a notification cascades to its clicks.
+        Index("ix_clicks_created_at", "created_at"),
+        Index("ix_clicks_notification_id", "notification_id"),
+    )

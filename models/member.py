@@ -58,6 +58,15 @@ class Member(TimestampMixin, Base):
     uri_generated_at: Mapped[datetime | None]
 
     __table_args__ = (
+        # reauth forget --user; one person's members.
+        Index("ix_members_user_guid", "user_guid"),
+        # Members still holding a link: the purge clears the oldest first.
+        Index(
+            "ix_members_live_link",
+            "uri_generated_at",
+            postgresql_where=text("oauth_window_uri IS NOT NULL"),
+            sqlite_where=text("oauth_window_uri IS NOT NULL"),
+        ),
         Index(
             "ix_members_due",
             "next_attempt_at",

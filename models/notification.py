@@ -35,6 +35,9 @@ class Notification(TimestampMixin, Base):
     claim_expires_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: When the purge replaced this sent row's ``oauth_window_uri`` by its fingerprint
+    #: (``REAUTH_LINK_MAX_AGE`` after delivery): the link is a secret with a short life.
+    link_cleared_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index(
@@ -44,4 +47,13 @@ class Notification(TimestampMixin, Base):
             sqlite_where=text("status = 'pending'"),
         ),
         Index("ix_notifications_status", "status"),
+        # Retention: the oldest rows of one terminal status first.
+        Index("ix_notifications_status_created", "status", "created_at"),
+        # Sent rows whose link is still stored: the purge clears them oldest first.
+        Index(
+            "ix_notifications_live_link",
+            "sent_at",
+            postgresql_where=text("status = 'sent' AND link_cleared_at IS NULL"),
+            sqlite_where=text("status = 'sent' AND link_cleared_at IS NULL"),
+        ),
     )

@@ -551,6 +551,48 @@ class Settings(BaseSettings):
     #: Optional: send people through the app's sign-in before the reconnect page.
     reconnect_signin_url: str | None = None
 
+    # --- data lifecycle (reauth purge, the purge beat task) ---------------------------------
+    #: How long rows are kept, per kind; 0 keeps them forever. Anything else is at least a day,
+    #: so a bare number (read as seconds: "90") is refused instead of purging nearly everything.
+    retention_attempts: timedelta = timedelta(days=90)
+    retention_notifications_sent: timedelta = timedelta(days=90)
+    retention_notifications_dead: timedelta = timedelta(days=90)
+    retention_notifications_canceled: timedelta = timedelta(days=90)
+    retention_ops_actions: timedelta = timedelta(days=365)
+    retention_scan_runs: timedelta = timedelta(days=30)
+    retention_clicks: timedelta = timedelta(days=90)
+    #: Rows per DELETE (one short transaction each).
+    retention_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    #: How often beat runs the purge.
+    retention_interval: timedelta = timedelta(hours=1)
+
+    @field_validator(
+        "retention_attempts", "retention_notifications_sent", "retention_notifications_dead",
+        "retention_notifications_canceled", "retention_ops_actions", "retention_scan_runs",
+        "retention_clicks", "retention_interval", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _parse_lifecycle_durations(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "retention_interval":
+            return _parse_duration(value, (timedelta(minutes=1), timedelta(days=1), ""))
+        return _parse_duration(value, (timedelta(0), timedelta(days=3650), ""))
+
+    @field_validator(
+        "retention_attempts", "retention_notifications_sent", "retention_notifications_dead",
+        "retention_notifications_canceled", "retention_ops_actions", "retention_scan_runs",
+        "retention_clicks",
+    )  # fmt: skip
+    @classmethod
+    def _check_retention(cls, value: timedelta) -> timedelta:
+        if value and not timedelta(days=1) <= value <= timedelta(days=3650):
+            raise ValueError("must be 0 (keep forever) or between 1d and 3650d (e.g. 90d)")
+        return value
+
+    @field_validator("retention_interval")
+    @classmethod
+    def _check_retention_interval(cls, value: timedelta) -> timedelta:
+        return _check_duration(value, (timedelta(minutes=1), timedelta(days=1), ""))
+
     # --- logging -----------------------------------------------------------------------------
     log_format: LogFormat | None = None
     log_level: str = "INFO"

@@ -19,6 +19,7 @@ SCAN_TASK = "reauth.scan"
 REGENERATE_TASK = "reauth.regenerate"
 DELIVER_TASK = "reauth.dispatch_notifications"
 SWEEP_TASK = "reauth.sweep_claims"
+PURGE_TASK = "reauth.purge"
 #: Queue of this service's own tasks.
 QUEUE = "reauth"
 
@@ -29,6 +30,7 @@ def create_app() -> Celery:
     app = Celery("reauth", broker=broker, include=["worker.app.tasks"])
     transport = {"visibility_timeout": settings.visibility_timeout}
     heartbeat = settings.claim_heartbeat.total_seconds()
+    purge_every = settings.retention_interval.total_seconds()
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -73,6 +75,12 @@ def create_app() -> Celery:
                 "task": DELIVER_TASK,
                 "schedule": heartbeat,
                 "options": {"expires": heartbeat},
+            },
+            # Retention: expired links cleared, old rows deleted in small batches.
+            "reauth-purge": {
+                "task": PURGE_TASK,
+                "schedule": purge_every,
+                "options": {"expires": purge_every},
             },
         },
     )

@@ -7,6 +7,7 @@ through ``rt.followups`` only after the service has committed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from worker import failpoints
 from worker.core.policy import Reason
 from worker.runtime import Runtime
 from worker.service import deliver as delivery
+from worker.service import retention
 from worker.service.regenerate import BatchResult, regenerate_batch
 from worker.service.scan import ScanResult, run_scan, sweep
 
@@ -70,3 +72,10 @@ def deliver(rt: Runtime, *, owner: str, clock: Clock) -> dict[str, Any]:
     """One delivery pass over the outbox (after batch commits, and on beat as a sweeper)."""
     rt.followups.delivery_started()
     return delivery.deliver(rt, clock=clock, owner=owner)
+
+
+def purge(rt: Runtime, *, clock: Clock) -> retention.PurgeResult:
+    """Clear expired links and delete old rows; stops at half the task time limit (the next
+    beat goes on where it stopped: every batch has committed)."""
+    deadline = time.monotonic() + rt.settings.task_time_limit / 2
+    return retention.purge(rt, clock=clock, deadline=deadline)

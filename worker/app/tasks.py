@@ -13,7 +13,14 @@ from typing import Any
 from celery import Task
 
 from worker.app import jobs
-from worker.app.celery_app import DELIVER_TASK, REGENERATE_TASK, SCAN_TASK, SWEEP_TASK, app
+from worker.app.celery_app import (
+    DELIVER_TASK,
+    PURGE_TASK,
+    REGENERATE_TASK,
+    SCAN_TASK,
+    SWEEP_TASK,
+    app,
+)
 from worker.clock import utc_now
 from worker.config import get_settings
 from worker.core.policy import Reason
@@ -103,3 +110,10 @@ def regenerate(
 def deliver_notifications(self: Task[Any, Any]) -> dict[str, Any]:
     """Deliver pending outbox rows (after each batch commit, and on beat as a sweeper)."""
     return jobs.deliver(PROCESS.get(), owner=self.request.id or "deliver", clock=utc_now)
+
+
+@app.task(name=PURGE_TASK, bind=True, acks_late=False)
+def purge(self: Task[Any, Any]) -> dict[str, Any]:
+    """Retention (beat, every REAUTH_RETENTION_INTERVAL). Acked early: a lost run is simply
+    done by the next tick."""
+    return jobs.purge(PROCESS.get(), clock=utc_now).as_dict()

@@ -35,6 +35,7 @@ def _register() -> None:
     from worker.cli import (  # noqa: F401
         db,
         inspect,
+        lifecycle,
         members,
         notifications,
         processes,

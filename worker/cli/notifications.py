@@ -57,7 +57,10 @@ def _row(n: Notification) -> dict[str, Any]:
         "episode": payload.get("episode"),
         "reminder": payload.get("reminder"),
         "reason": payload.get("reason"),
-        "link": fingerprint_uri(uri) if isinstance(uri, str) else None,
+        # A purged link keeps only its fingerprint (worker.service.retention).
+        "link": fingerprint_uri(uri)
+        if isinstance(uri, str)
+        else payload.get("oauth_window_uri_fingerprint"),
         "generated_at": payload.get("generated_at"),
         "created_at": _iso(n.created_at),
         "next_attempt_at": _iso(n.next_attempt_at),
