@@ -30,7 +30,9 @@ def _compose() -> dict[str, Any]:
 def test_compose_has_the_expected_services_with_healthchecks() -> None:
     """postgres and redis have healthchecks; migrate, worker, beat and the sandbox exist."""
     services = _compose()["services"]
-    assert {"postgres", "redis", "migrate", "worker", "beat", "mx-sandbox"} <= set(services)
+    assert {"postgres", "redis", "migrate", "worker", "beat", "mx-sandbox", "serve"} <= set(
+        services
+    )
     for name in ("postgres", "redis"):
         assert "healthcheck" in services[name]
     assert services["worker"]["depends_on"]["migrate"]["condition"] == (
@@ -38,7 +40,7 @@ def test_compose_has_the_expected_services_with_healthchecks() -> None:
     )
 
 
-@pytest.mark.parametrize("service", ["migrate", "worker", "beat", "mx-sandbox"])
+@pytest.mark.parametrize("service", ["migrate", "worker", "beat", "mx-sandbox", "serve"])
 def test_compose_commands_are_real_commands(service: str) -> None:
     """The command of each of our services parses as a project command (``--help`` works)."""
     command = _compose()["services"][service]["command"]

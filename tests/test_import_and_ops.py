@@ -175,7 +175,7 @@ def test_oauth_success_stops_reminders_and_rerun_is_audited(
     code, status = cli(capsys, "status", "--json")
     assert code == 0
     assert status["outbox"]["sent"] == 4
-    assert status["last_scan"]["claimed"] >= 0
+    assert status["last_scan"]["claimed"] == 2  # the one scan, of MBR-a and MBR-b
     code, hist = cli(capsys, "history", "MBR-b", "--json")
     kinds = [e["kind"] for e in hist["events"]]
     assert kinds.count("notification") == 3
@@ -211,3 +211,27 @@ def test_bad_arguments_are_clear_errors(env: str, capsys: pytest.CaptureFixture[
     code, out = cli(capsys, "scan")
     assert code == 2
     assert "REAUTH_BROKER_URL" in out
+
+
+def test_oauth_success_on_an_inbound_member_ends_both_episodes(
+    env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Member combination: OAuth started for MBR-a finished on MBR-b. Both episodes end, and
+    the audit row names the inbound member."""
+    f = tmp_path / "m.jsonl"
+    f.write_bytes(_jsonl(GOOD, {**GOOD, "member_guid": "MBR-b"}))
+    cli(capsys, "members", "import", str(f))
+    cli(capsys, "scan", "--inline", "--json")
+    code, out = cli(
+        capsys, "oauth-result", "MBR-a", "--status", "success",
+        "--inbound-member-guid", "MBR-b", "--json",
+    )  # fmt: skip
+    assert code == 0
+    assert out["combined"] == ["MBR-b"]
+    for guid in ("MBR-a", "MBR-b"):
+        code, hist = cli(capsys, "history", guid, "--json")
+        assert hist["member"]["state"] == "idle"
+    code, out = cli(
+        capsys, "oauth-result", "MBR-a", "--status", "error", "--inbound-member-guid", "MBR-b"
+    )
+    assert code == 2

@@ -336,3 +336,41 @@ def test_claim_sweeper_rescans_only_when_a_claim_ran_out(runtime: Runtime) -> No
     assert result.claimed == len(dead.ids)
     assert _count(runtime.engine, Notification) > 0
     assert jobs.sweep_claims(runtime, clock=lambda: later) is None
+
+
+def _age_episode(runtime: Runtime, hours: int) -> None:
+    """Move the member's episode back in time, so its next reminder is due now."""
+    started = utc_now() - timedelta(hours=hours)
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            Member.__table__.update().values(episode_started_at=started, next_attempt_at=utc_now())
+        )
+
+
+def test_reminder_to_a_member_mx_reports_connected_ends_the_episode(
+    runtime: Runtime, sandbox: RunningSandbox
+) -> None:
+    """Before reminder 2, MX is asked: the member is CONNECTED again, so no reminder goes out
+    and the episode ends (idle); the first message was sent without such a read."""
+    populate(runtime.engine, 1, utc_now())
+    scan_now(runtime, trigger="test")
+    assert _count(runtime.engine, Notification) == 1
+    _age_episode(runtime, 25)
+    sandbox.sandbox.set_member_state("MBR-000000", connection_status="CONNECTED")
+    scan_now(runtime, trigger="test")
+    assert _count(runtime.engine, Notification) == 1
+    with runtime.engine.connect() as conn:
+        assert conn.scalar(select(Member.reauth_state)) == "idle"
+    reads = [r for r in sandbox.requests() if r["path"].endswith("/members/MBR-000000")]
+    assert len(reads) == 1
+
+
+def test_reminder_goes_out_when_mx_still_reports_the_member_broken(
+    runtime: Runtime, sandbox: RunningSandbox
+) -> None:
+    populate(runtime.engine, 1, utc_now())
+    scan_now(runtime, trigger="test")
+    _age_episode(runtime, 25)
+    sandbox.sandbox.set_member_state("MBR-000000", connection_status="EXPIRED")
+    scan_now(runtime, trigger="test")
+    assert _count(runtime.engine, Notification) == 2

@@ -57,7 +57,9 @@ def scan(
     inline: bool = typer.Option(
         False, "--inline", help="Run the scan and batches in this process."
     ),
-    reason: str | None = typer.Option(None, "--reason", help="Only revoked, expired or abandoned."),
+    reason: str | None = typer.Option(
+        None, "--reason", help=f"Only one reason: {', '.join(r.value for r in Reason)}."
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most N members."),
     json_out: bool = JSON_OPT,
 ) -> None:
@@ -233,6 +235,11 @@ def oauth_result(
     member_guid: str = typer.Argument(..., help="The member whose OAuth ended."),
     status: str = typer.Option(..., "--status", help="success or error."),
     error_reason: str | None = typer.Option(None, "--error-reason", help="With --status error."),
+    inbound_member_guid: str | None = typer.Option(
+        None,
+        "--inbound-member-guid",
+        help="With --status success: MX finished OAuth on this member (member combination).",
+    ),
     actor: str | None = typer.Option(None, "--actor", help="Who (default: the OS user)."),
     json_out: bool = JSON_OPT,
 ) -> None:
@@ -247,5 +254,6 @@ def oauth_result(
             error_reason=error_reason,
             now=utc_now(),
             actor=actor or actions.default_actor(),
+            inbound_member_guid=inbound_member_guid,
         )
     emit(result, json_out)

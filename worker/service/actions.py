@@ -75,8 +75,14 @@ def oauth_result(
     error_reason: str | None,
     now: datetime,
     actor: str,
+    inbound_member_guid: str | None = None,
 ) -> dict[str, Any]:
-    """Record the end of an OAuth attempt. Success ends the episode and stops reminders."""
+    """Record the end of an OAuth attempt. Success ends the episode and stops reminders.
+
+    ``inbound_member_guid``: MX can finish OAuth on another member than the one it started for
+    (member combination). A success names that inbound member; the member it was started for
+    is reconnected all the same, and the inbound one, if we know it, is too.
+    """
     status = status.lower()
     if status not in {"success", "error"}:
         raise InputError(f"--status must be success or error, not {status!r}")
@@ -88,8 +94,16 @@ def oauth_result(
             )
         if status == "success":
             raise InputError("--error-reason only goes with --status error")
+    if inbound_member_guid is not None and status != "success":
+        raise InputError("--inbound-member-guid only goes with --status success")
     (m,) = members_by_guid(session, [member_guid], for_update=True)
     before = {"state": m.reauth_state, "episode": m.episode}
+    combined: list[str] = []
+    if status == "success" and inbound_member_guid and inbound_member_guid != member_guid:
+        inbound = members.by_guids(session, [inbound_member_guid], for_update=True)
+        for other in inbound.values():
+            _reconnected(session, other, now)
+            combined.append(other.member_guid)
     if status == "success":
         # MX aggregates and reconnects the member after a successful OAuth; until an import
         # says otherwise, the member counts as CONNECTED so no new episode opens on old data.
@@ -115,17 +129,33 @@ def oauth_result(
         "before": before,
         "after": {"state": m.reauth_state, "episode": m.episode},
         "oauth_status": m.oauth_status,
+        "combined": combined,
     }
     audit.record_action(
         session,
         actor=actor,
         command="oauth-result",
-        arguments={"member_guid": member_guid, "status": status, "error_reason": error_reason},
+        arguments={
+            "member_guid": member_guid,
+            "status": status,
+            "error_reason": error_reason,
+            "inbound_member_guid": inbound_member_guid,
+        },
         why=None,
         result=result,
         now=now,
     )
     return result
+
+
+def _reconnected(session: Session, m: Member, now: datetime) -> None:
+    """OAuth succeeded for ``m``: CONNECTED until MX says otherwise; the episode ends."""
+    success = {"oauth_status": "SUCCESS", "oauth_error_reason": None}
+    members.set_mx_fields(m, {**success, "connection_status": "CONNECTED"})
+    snap = members.snapshot(m)
+    decisions.apply(
+        session, [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap))], now=now
+    )
 
 
 def status(session: Session) -> dict[str, Any]:

@@ -119,7 +119,9 @@ class MemberRow(BaseModel):
     @classmethod
     def _known_oauth_status(cls, v: str | None) -> str | None:
         if v is not None and v not in OAUTH_STATUSES:
-            raise ValueError(f"unknown oauth_status {v!r}; expected PENDING, SUCCESS or ERRORED")
+            raise ValueError(
+                f"unknown oauth_status {v!r}; expected one of {', '.join(sorted(OAUTH_STATUSES))}"
+            )
         return v
 
     @field_validator("oauth_error_reason")

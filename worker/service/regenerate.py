@@ -48,6 +48,7 @@ from worker.errors import (
 from worker.logging import fingerprint_uri
 from worker.mx import MxClient, OAuthRequest, OAuthWindow
 from worker.runtime import Runtime
+from worker.service import live
 from worker.service.links import reconnect_url, with_state
 from worker.store import attempts, decisions, leases, locks, members, notifications
 from worker.store.db import session_scope
@@ -189,12 +190,17 @@ def regenerate_batch(
 ) -> BatchResult:
     """Process one claimed batch. Safe to run twice with the same arguments.
 
-    1. decide every member; those needing no MX call are written and released at once;
+    1. decide every member; those needing no MX call are written and released at once; a
+       reminder's member is first read from MX, and one that is connected again ends its
+       episode instead (:mod:`worker.service.live`);
     2. call MX for the rest, outside any transaction;
     3. write outcomes, URIs and outbox rows in one transaction, only for members still ours.
     """
     result = BatchResult()
     todo = _decide(rt, ids, owner, clock(), force=force, result=result)
+    if todo:
+        todo, ended = live.drop_reconnected(rt, todo, owner, clock())
+        result.outcomes["reconnected"] += ended
     if not todo:
         return result
     # The outbox rows' ids, known before the call: an APP redirect carries a state naming it.
