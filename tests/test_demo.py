@@ -45,3 +45,30 @@ def test_demo_covers_every_branch_and_is_idempotent(
     assert second["summary"]["notifications_created_now"] == 0  # type: ignore[index]
     assert second["summary"]["mx_calls"] == 0  # type: ignore[index]
     assert len((tmp_path / "notifications.jsonl").read_text().splitlines()) == notified
+
+
+def test_demo_serve_keeps_links_clickable(tmp_path: Path) -> None:
+    """`reauth demo --serve`: every open episode gets a reconnect_url that the served app shows
+    and that, pressed, leads to the sandbox's OAuth window."""
+    import httpx
+
+    from tests.e2e.harness import free_port
+    from worker.config import load_settings
+    from worker.demo import run_demo
+
+    port = free_port()
+    seen: dict[str, int] = {}
+
+    def click_through(result: dict[str, object]) -> None:
+        links = result["links"]
+        assert isinstance(links, list)
+        assert links
+        url = links[0]["reconnect_url"]
+        assert url.startswith(f"http://127.0.0.1:{port}/r/")
+        seen["page"] = httpx.get(url).status_code
+        pressed = httpx.post(url, follow_redirects=False)
+        seen["press"] = pressed.status_code
+        seen["window"] = httpx.get(pressed.headers["location"]).status_code
+
+    run_demo(load_settings(), serve_port=port, while_serving=click_through)
+    assert seen == {"page": 200, "press": 303, "window": 200}

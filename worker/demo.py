@@ -11,6 +11,7 @@ waiting for the user and creates no new notification.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -169,8 +170,34 @@ def demo_settings(base: Settings, sandbox_url: str, sso_url: str) -> Settings:
     return base.model_copy(update=update)
 
 
-def run_demo(base: Settings) -> dict[str, Any]:
-    """Run the demo and return what the CLI prints (rows and summary)."""
+def serve_settings(settings: Settings, sandbox_url: str, port: int) -> Settings:
+    """The demo settings plus reconnect links served on ``127.0.0.1:port``, signed with a key
+    made for this run (the links work while the demo serves them)."""
+    import secrets
+
+    from pydantic import SecretStr
+
+    return settings.model_copy(
+        update={
+            "public_url": f"http://127.0.0.1:{port}",
+            "reconnect_secrets": [SecretStr(secrets.token_hex(32))],
+            "mx_oauth_origins": [sandbox_url],
+        }
+    )
+
+
+def run_demo(
+    base: Settings,
+    *,
+    serve_port: int | None = None,
+    while_serving: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the demo and return what the CLI prints (rows and summary).
+
+    With ``serve_port``, messages carry ``reconnect_url``s, and after the scan the sandbox and
+    `reauth serve`'s app stay up (the app on ``serve_port``) while ``while_serving`` runs with
+    the result, which then lists a fresh ``reconnect_url`` per open episode.
+    """
     from worker.sandbox.config import SandboxConfig
     from worker.sandbox.server import running_sandbox
 
@@ -179,6 +206,10 @@ def run_demo(base: Settings) -> dict[str, Any]:
     population = seeds(started)
     with running_sandbox(SandboxConfig(latency=0.01, jitter=0.01)) as sandbox:
         settings = demo_settings(base, sandbox.base_url, sandbox.sso_base_url)
+        if serve_port is not None:
+            # Links lead to the sandbox's own OAuth window, so a person can click through.
+            sandbox.config.uri_base = sandbox.base_url
+            settings = serve_settings(settings, sandbox.base_url, serve_port)
         rt = Runtime(settings, inline=True)
         try:
             with session_scope(rt.sessions) as s:
@@ -192,18 +223,47 @@ def run_demo(base: Settings) -> dict[str, Any]:
         finally:
             rt.close()
         mx_calls = len([r for r in sandbox.requests() if "oauth_window_uri" in r.get("path", "")])
-    return {
-        "rows": rows,
-        "summary": {
-            "members_seeded_now": added,
-            "members": len(population),
-            "scan": scan,
-            "mx_calls": mx_calls,
-            "notifications_created_now": int(notified_now or 0),
-            "outbox": totals,
-        },
-        "backends": _backends(settings),
-    }
+        result = {
+            "rows": rows,
+            "summary": {
+                "members_seeded_now": added,
+                "members": len(population),
+                "scan": scan,
+                "mx_calls": mx_calls,
+                "notifications_created_now": int(notified_now or 0),
+                "outbox": totals,
+            },
+            "backends": _backends(settings),
+        }
+        if serve_port is not None and while_serving is not None:
+            _serve(settings, serve_port, result, while_serving)
+    return result
+
+
+def _serve(
+    settings: Settings,
+    port: int,
+    result: dict[str, Any],
+    while_serving: Callable[[dict[str, Any]], None],
+) -> None:
+    """Serve reconnect links for every open episode until ``while_serving`` returns."""
+    from worker.service.links import reconnect_url
+    from worker.web.app import create_app
+    from worker.web.server import serve_in_thread
+
+    web = Runtime(settings)
+    try:
+        now = utc_now()
+        with session_scope(web.sessions) as s:
+            links = [
+                {"member": guid, "reconnect_url": reconnect_url(settings, nid, now)}
+                for nid, guid in notifications.latest_open(s)
+            ]
+        result["links"] = links
+        with serve_in_thread(create_app(web), port=port, name="reauth-serve"):
+            while_serving(result)
+    finally:
+        web.close()
 
 
 def _second_pass(rt: Runtime, population: list[Seed]) -> None:

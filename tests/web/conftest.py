@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from models import Member
+from tests.e2e.harness import free_port
 from tests.pipeline_helpers import make_settings, populate, scan_now
 from worker.clock import utc_now
 from worker.config import Settings
@@ -45,11 +46,7 @@ def _serve(db_url: str, sandbox: RunningSandbox, *, channel: str) -> Iterator[Se
     """One expired member of ``channel`` notified through an inline scan, and the web app
     serving its link. The sandbox's OAuth window is served by the sandbox itself, and its
     completion messages are accepted (REAUTH_MX_OAUTH_ORIGINS)."""
-    import socket
-
-    with socket.socket() as probe:  # the app's URL goes into messages, so pick the port first
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # the app's URL goes into messages, so pick the port first
     base = f"http://127.0.0.1:{port}"
     sandbox.config.uri_base = sandbox.base_url
     extra: dict[str, Any] = {}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from worker.cli import app
-from worker.cli.output import JSON_OPT, console, print_json, setup
+from worker.cli.output import JSON_OPT, console, print_json, safe, setup
 from worker.errors import ConfigError
 
 
@@ -55,7 +56,13 @@ def beat(loglevel: str = typer.Option("INFO", "--loglevel")) -> None:
 
 
 @app.command("demo")
-def demo(json_out: bool = JSON_OPT) -> None:
+def demo(
+    json_out: bool = JSON_OPT,
+    serve: bool = typer.Option(
+        False, "--serve", help="Then keep the sandbox and `reauth serve` up, and print links."
+    ),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port for --serve."),
+) -> None:
     """Run the whole flow on embedded defaults (SQLite, in-process MX sandbox, file sink)."""
     from worker.cli.output import setup_logging_only
     from worker.demo import run_demo
@@ -63,10 +70,34 @@ def demo(json_out: bool = JSON_OPT) -> None:
     settings = setup(quiet=True)
     # The table is the demo's output; only errors go to the log.
     setup_logging_only(level="ERROR")
+    if serve:
+        run_demo(settings, serve_port=port, while_serving=_show_links)
+        return
     result = run_demo(settings)
     if json_out:
         print_json(result)
         return
+    _print_demo(result)
+
+
+def _show_links(result: dict[str, Any]) -> None:
+    """Print the demo's table and a reconnect_url per open episode; serve until Ctrl-C."""
+    import time
+
+    _print_demo(result)
+    console.print()
+    console.print("reauth serve is up. Open a link, press Reconnect, then Authorize:", style="bold")
+    for link in result["links"]:
+        console.print(f"  {safe(link['member'])}: {link['reconnect_url']}")
+    console.print("Ctrl-C stops the sandbox and the web app.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _print_demo(result: dict[str, Any]) -> None:
     table = Table(title="reauth demo: one scan against the in-process MX sandbox")
     for col in (
         "member",

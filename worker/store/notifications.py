@@ -266,3 +266,21 @@ def for_member(session: Session, member_id: int) -> list[Notification]:
 
 def created_since(session: Session, at: datetime) -> int:
     return int(session.scalar(select(func.count()).select_from(N).where(N.created_at >= at)) or 0)
+
+
+def latest_open(session: Session) -> list[tuple[uuid.UUID, str]]:
+    """(notification id, member guid) of the newest notification of each member whose episode
+    is open and matches it: the links a person could still use."""
+    from worker.core.policy import IN_EPISODE
+
+    newest = (
+        select(N.member_id, func.max(N.created_at).label("at")).group_by(N.member_id).subquery()
+    )
+    rows = session.execute(
+        select(N.id, Member.member_guid)
+        .join(newest, and_(newest.c.member_id == N.member_id, newest.c.at == N.created_at))
+        .join(Member, Member.id == N.member_id)
+        .where(Member.reauth_state.in_([s.value for s in IN_EPISODE]))
+        .order_by(Member.member_guid)
+    ).all()
+    return [(row[0], row[1]) for row in rows]
