@@ -225,7 +225,8 @@ def test_unknown_member_guid_is_a_clear_error_and_changes_nothing(
 ) -> None:
     """Any command given a guid that is not in the database names it, exits non-zero, writes
     nothing (not even an audit row)."""
-    env = _env(sqlite_url)
+    # Credentials set (no MX is reached): the guid check is what must refuse the command.
+    env = _env(sqlite_url, REAUTH_MX_CLIENT_ID="client", REAUTH_MX_API_KEY="key-key-key")
     seed = tmp_path / "one.jsonl"
     seed.write_bytes(_row("MBR-known"))
     assert run_cli(env, "members", "import", str(seed)).returncode == 0

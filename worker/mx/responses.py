@@ -15,14 +15,13 @@ expiry code 4011, which is handled by the caller (the Nexus backend) before this
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
+from worker.core import retry_after
 from worker.errors import (
     BadResponse,
     MemberNotFound,
@@ -151,23 +150,8 @@ def is_session_expired(status: int, doc: Any) -> bool:
 
 
 def parse_retry_after(value: str | None, now: Callable[[], datetime]) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date); ``None`` if unusable."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = (when - now()).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    """Seconds from MX's Retry-After (delta-seconds or HTTP-date), capped; ``None`` if unusable."""
+    return retry_after.parse_retry_after(value, now, cap=MAX_RETRY_AFTER)
 
 
 _SHAPE = {
