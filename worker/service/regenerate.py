@@ -197,7 +197,7 @@ def regenerate_batch(
     3. write outcomes, URIs and outbox rows in one transaction, only for members still ours.
     """
     result = BatchResult()
-    todo = _decide(rt, ids, owner, clock(), force=force, result=result)
+    todo = _load_and_decide(rt, ids, owner, clock(), force=force, result=result)
     if todo:
         todo, ended = live.drop_reconnected(rt, todo, owner, clock())
         result.outcomes["reconnected"] += ended
@@ -260,7 +260,7 @@ def _renew_claims(
 Todo = list[tuple[Member, MemberSnapshot, Generate]]
 
 
-def _decide(
+def _load_and_decide(
     rt: Runtime, ids: Sequence[int], owner: str, now: datetime, *, force: bool, result: BatchResult
 ) -> Todo:
     """Read the claimed members and decide; store what needs no MX call. Returns the rest."""
