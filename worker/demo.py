@@ -248,8 +248,8 @@ def _serve(
 ) -> None:
     """Serve reconnect links for every open episode until ``while_serving`` returns."""
     from worker.service.links import reconnect_url
+    from worker.serving import serve_in_thread
     from worker.web.app import create_app
-    from worker.web.server import serve_in_thread
 
     web = Runtime(settings)
     try:

@@ -20,8 +20,8 @@ from worker.clock import utc_now
 from worker.config import Settings
 from worker.runtime import Runtime
 from worker.sandbox.server import RunningSandbox
+from worker.serving import serve_in_thread
 from worker.web.app import create_app
-from worker.web.server import serve_in_thread
 
 SECRET = "s" * 40
 

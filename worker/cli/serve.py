@@ -18,8 +18,8 @@ def serve(
     import uvicorn
 
     from worker.runtime import Runtime
+    from worker.serving import uvicorn_config
     from worker.web.app import create_app
-    from worker.web.server import uvicorn_config
 
     settings = setup()
     if not settings.reconnect_enabled:

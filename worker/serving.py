@@ -48,7 +48,12 @@ def uvicorn_config(
 
 @contextmanager
 def serve_in_thread(
-    app: Any, *, host: str = "127.0.0.1", port: int = 0, name: str = "asgi"
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    name: str = "asgi",
+    lifespan: Literal["auto", "on", "off"] = "auto",
 ) -> Iterator[int]:
     """Serve ``app`` on ``host:port`` (0 = a free port) for the block; yields the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -56,7 +61,7 @@ def serve_in_thread(
     try:
         sock.bind((host, port))
         bound = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn_config(app, host, bound))
+        server = uvicorn.Server(uvicorn_config(app, host, bound, lifespan=lifespan))
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True
         )
