@@ -52,7 +52,7 @@ def test_demo_serve_keeps_links_clickable(tmp_path: Path) -> None:
     and that, pressed, leads to the sandbox's OAuth window."""
     import httpx
 
-    from tests.e2e.harness import free_port
+    from tests.e2e.e2e_helpers import free_port
     from worker.config import load_settings
     from worker.demo import run_demo
 

@@ -11,7 +11,7 @@ import redis
 from sqlalchemy import func, select
 
 from models import Member, Notification
-from tests.e2e.harness import celery_worker, reauth_env, run_cli, wait_for
+from tests.e2e.e2e_helpers import celery_worker, reauth_env, run_cli, wait_for
 from tests.pipeline_helpers import check_outcome, outbox_by_guid, populate
 from worker.clock import utc_now
 from worker.sandbox.config import SandboxConfig

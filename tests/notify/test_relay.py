@@ -2,7 +2,7 @@
 
 Pins: claims and leases, per-message outcomes (sent / backoff / dead), at-least-once delivery
 across a crash, and that a stale link is held back instead of being delivered (refreshing it is
-the refresh step's job: tests/test_pipeline.py).
+the refresh step's job: tests/service/test_pipeline.py).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     shared test database (db 15) cannot drop this scenario's queued messages or stream; the
     shared test Redis when no ``redis-server`` binary is installed.
     """
-    from tests.reliability.helpers import RedisServer, free_port
+    from tests.reliability.reliability_helpers import RedisServer, free_port
 
     if shutil.which("redis-server") is None:
         yield str(request.getfixturevalue("redis_url"))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ROOT
+from tests.e2e.e2e_helpers import ROOT
 from worker.config import NEXUS_SESSION_LIFETIME, load_settings, redirect_allowed
 from worker.errors import ConfigError
 

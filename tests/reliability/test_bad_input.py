@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 import models
-from tests.e2e.harness import ROOT, run_cli
+from tests.e2e.e2e_helpers import ROOT, run_cli
 from worker.errors import BadResponse, MxError
 from worker.mx import responses
 from worker.service.importer import MAX_LINE_BYTES, parse

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import ROOT, celery_worker, run_cli, wait_for
+from tests.e2e.e2e_helpers import ROOT, celery_worker, run_cli, wait_for
 from tests.pipeline_helpers import populate
-from tests.reliability.helpers import (
+from tests.reliability.reliability_helpers import (
     celery_beat,
     check_invariant,
     env_for,

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import celery_worker, run_cli
+from tests.e2e.e2e_helpers import celery_worker, run_cli
 from tests.pipeline_helpers import populate
-from tests.reliability.helpers import (
+from tests.reliability.reliability_helpers import (
     check_invariant,
     drive,
     env_for,

@@ -17,9 +17,9 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.e2e.harness import celery_worker, run_cli, wait_for
+from tests.e2e.e2e_helpers import celery_worker, run_cli, wait_for
 from tests.pipeline_helpers import populate
-from tests.reliability.helpers import (
+from tests.reliability.reliability_helpers import (
     RedisServer,
     check_consistency,
     check_invariant,

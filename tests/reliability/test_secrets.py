@@ -25,9 +25,9 @@ import structlog
 from sqlalchemy import select
 
 from models import Attempt, Member, Notification
-from tests.e2e.harness import celery_worker, run_cli
+from tests.e2e.e2e_helpers import celery_worker, run_cli
 from tests.pipeline_helpers import REDIRECT, populate
-from tests.reliability.helpers import drive, env_for, nudger, settled
+from tests.reliability.reliability_helpers import drive, env_for, nudger, settled
 from worker.clock import utc_now
 from worker.config import load_settings, redirect_allowed
 from worker.errors import ConfigError
@@ -257,7 +257,7 @@ def test_redirect_allow_list_matches_at_url_boundaries() -> None:
 def _clean_env() -> dict[str, str]:
     import os
 
-    from tests.e2e.harness import ROOT
+    from tests.e2e.e2e_helpers import ROOT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("REAUTH_")}
     env["PYTHONPATH"] = str(ROOT)

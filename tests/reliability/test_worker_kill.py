@@ -20,9 +20,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from models import Member
-from tests.e2e.harness import celery_worker, kill_group, run_cli, wait_for
+from tests.e2e.e2e_helpers import celery_worker, kill_group, run_cli, wait_for
 from tests.pipeline_helpers import populate
-from tests.reliability.helpers import (
+from tests.reliability.reliability_helpers import (
     celery_beat,
     check_consistency,
     check_invariant,

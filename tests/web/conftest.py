@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from models import Member
-from tests.e2e.harness import free_port
+from tests.e2e.e2e_helpers import free_port
 from tests.pipeline_helpers import make_settings, populate, scan_now
 from worker.clock import utc_now
 from worker.config import Settings
@@ -94,7 +94,7 @@ def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     Playwright's sync API keeps an event loop running on this thread while it is open, and the
     runtimes run their own loop here when they start and close."""
     from tests.conftest import unavailable
-    from tests.web.browser import chromium_path
+    from tests.web.browser_helpers import chromium_path
 
     request.getfixturevalue("served_app" if "served_app" in request.fixturenames else "served")
     path = chromium_path()

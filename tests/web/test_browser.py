@@ -1,6 +1,6 @@
 """The reconnect pages in a real browser (Playwright + Debian's Chromium).
 
-Each test saves screenshots of the pages it sees (tests/web/browser.py says where)."""
+Each test saves screenshots of the pages it sees (tests/web/browser_helpers.py says where)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.web.browser import shot
+from tests.web.browser_helpers import shot
 from tests.web.conftest import Served
 
 pytestmark = pytest.mark.browser

@@ -109,7 +109,7 @@ _ABANDON_NOTE = (
 )
 
 #: All 22 MX connection statuses (mx-api.md section 4), in id order. docs/MX.md shows this table
-#: and tests/test_policy.py checks that the two agree.
+#: and tests/core/test_policy.py checks that the two agree.
 STATUS_TABLE: tuple[StatusRule, ...] = (
     StatusRule("CREATED", 0, "new, not aggregated yet", None, _ABANDON_NOTE, Basis.INFERENCE),
     StatusRule("PREVENTED", 1, "3 failed attempts in a row; the user must re-enter "

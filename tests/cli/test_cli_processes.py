@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.harness import free_port
+from tests.e2e.e2e_helpers import free_port
 from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from models import Attempt, Member, Notification
-from tests.e2e.harness import celery_process, free_port, kill_group, reauth_env, wait_for
+from tests.e2e.e2e_helpers import celery_process, free_port, kill_group, reauth_env, wait_for
 from tests.pipeline_helpers import Kind, check_outcome, outbox_by_guid
 from worker.app.celery_app import DELIVER_TASK, QUEUE, SCAN_TASK
 
