@@ -332,3 +332,77 @@ def test_many_events_for_one_member_read_mx_once_per_batch(hooks: Hooks) -> None
     assert len(after) == len(reads) + 1
     with hooks.rt.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Notification)) == 1
+
+
+# --- the sandbox as MX's sender -------------------------------------------------------------------
+
+
+def _sandbox_sends(hooks: Hooks, **config: Any) -> None:
+    hooks.sandbox.sandbox.config.update(
+        {"webhook_url": f"{hooks.url}/mx/webhooks", "webhook_username": USER,
+         "webhook_password": PASSWORD, "webhook_retry_seconds": 0.05, **config}
+    )  # fmt: skip
+
+
+def _read_once(hooks: Hooks, guid: str) -> None:
+    """MX learns the member's user when it is first asked for it."""
+    from worker.mx import MemberRequest
+
+    hooks.rt.run(hooks.rt.mx.read_member(MemberRequest(guid, "USR-1")))
+
+
+def test_sandbox_webhooks_drive_an_episode_open_and_closed(hooks: Hooks) -> None:
+    _member(hooks.rt, "MBR-sb")
+    _sandbox_sends(hooks, webhook_duplicates=1)
+    sb = hooks.sandbox.sandbox
+    sb.set_member_state("MBR-sb", connection_status="CONNECTED")
+    _read_once(hooks, "MBR-sb")
+    sb.set_member_state("MBR-sb", connection_status="DENIED")
+    sb.webhooks.wait()
+    jobs.apply_webhooks(hooks.rt, clock=utc_now)
+    m = hooks.member("MBR-sb")
+    assert m is not None
+    assert m.reauth_state == "awaiting_user"
+    # CONNECTION_STATUS and MEMBER, each sent twice: two rows, each with one duplicate.
+    assert sorted((e.event_type, e.duplicates) for e in hooks.events()) == [
+        ("CONNECTION_STATUS", 1),
+        ("MEMBER", 1),
+    ]
+    assert len(hooks.notifications("MBR-sb")) == 1
+    sb.set_member_state("MBR-sb", connection_status="CONNECTED")
+    sb.webhooks.wait()
+    jobs.apply_webhooks(hooks.rt, clock=utc_now)
+    m = hooks.member("MBR-sb")
+    assert m is not None
+    assert m.reauth_state == "idle"
+
+
+def test_sandbox_out_of_order_webhooks_cannot_reopen_an_episode(hooks: Hooks) -> None:
+    _member(hooks.rt, "MBR-ooo")
+    _sandbox_sends(hooks)
+    sb = hooks.sandbox.sandbox
+    sb.set_member_state("MBR-ooo", connection_status="CONNECTED")
+    _read_once(hooks, "MBR-ooo")
+    sb.webhooks.hold()
+    sb.set_member_state("MBR-ooo", connection_status="DENIED")
+    sb.set_member_state("MBR-ooo", connection_status="CONNECTED")
+    assert httpx.post(
+        f"{hooks.sandbox.base_url}/_sandbox/webhooks/release?order=reverse"
+    ).json() == {"released": 3}
+    sb.webhooks.wait()
+    jobs.apply_webhooks(hooks.rt, clock=utc_now)
+    m = hooks.member("MBR-ooo")
+    assert m is not None
+    assert m.reauth_state == "idle"
+    assert hooks.notifications("MBR-ooo") == []
+
+
+def test_sandbox_retries_a_failed_delivery(hooks: Hooks) -> None:
+    _member(hooks.rt, "MBR-retry")
+    _sandbox_sends(hooks, webhook_password="wrong", webhook_retries=2)
+    sb = hooks.sandbox.sandbox
+    _read_once(hooks, "MBR-retry")
+    sb.set_member_state("MBR-retry", connection_status="CONNECTED")
+    sb.webhooks.wait()
+    assert sb.webhooks.attempts == [("MEMBER", 401)] * 3
+    assert hooks.events() == []
