@@ -79,3 +79,15 @@ def test_list_stats_and_replay(
     code, text = cli(capsys, "webhooks", "list")
     assert code == 0
     assert "MBR-cli" in text
+
+
+def test_forget_deletes_the_members_webhook_events(
+    env: str, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed(env)
+    capsys.readouterr()
+    code, out = cli(capsys, "forget", "--member", "MBR-cli", "--why", "asked", "--json")
+    assert code == 0, out
+    assert out["webhook_events"] == 1
+    code, out = cli(capsys, "webhooks", "list", "--json")
+    assert [e["member_guid"] for e in out["events"]] == [None]  # the rejected body named nobody

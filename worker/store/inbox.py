@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from models import WebhookEvent
@@ -240,3 +240,14 @@ def stats(session: Session, *, since: datetime) -> dict[str, Any]:
         select(func.min(WebhookEvent.received_at)).where(WebhookEvent.status == PENDING)
     )
     return {"by_type": by, "duplicates": dupes, "oldest_pending": oldest}
+
+
+def forget(session: Session, *, member_guids: Sequence[str], user_guid: str | None) -> int:
+    """Delete the events naming these members (or this user): erasure (``reauth forget``)."""
+    cond: ColumnElement[bool] = WebhookEvent.member_guid.in_(list(member_guids))
+    if user_guid is not None:
+        cond = cond | (WebhookEvent.user_guid == user_guid)
+    result = session.execute(
+        delete(WebhookEvent).where(cond).execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
