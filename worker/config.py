@@ -603,6 +603,8 @@ class Settings(BaseSettings):
     mx_webhook_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Identical bodies received within this window are stored once (MX retries for ~24 h).
     mx_webhook_dedupe_window: timedelta = timedelta(hours=48)
+    #: Applied, ignored, rejected and failed events older than this are purged (0: never).
+    retention_webhook_events: timedelta = timedelta(days=30)
 
     @field_validator("mx_webhook_allowed_ips", "mx_webhook_trusted_proxies", mode="before")
     @classmethod
@@ -628,6 +630,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_webhook_window(cls, value: timedelta) -> timedelta:
         return _check_duration(value, (timedelta(minutes=1), timedelta(days=30), ""))
+
+    @field_validator("retention_webhook_events", mode="before")
+    @classmethod
+    def _parse_webhook_retention(cls, value: Any) -> Any:
+        return _parse_duration(value, (timedelta(0), timedelta(days=3650), ""))
+
+    @field_validator("retention_webhook_events")
+    @classmethod
+    def _check_webhook_retention(cls, value: timedelta) -> timedelta:
+        if value and not timedelta(days=1) <= value <= timedelta(days=3650):
+            raise ValueError("must be 0 (keep forever) or between 1d and 3650d (e.g. 30d)")
+        return value
 
     @model_validator(mode="after")
     def _check_webhook_credentials(self) -> Settings:
