@@ -6,6 +6,7 @@ from models.base import Base, UTCDateTime
 from models.click import Click
 from models.member import Member
 from models.notification import Notification
+from models.webhook_event import WebhookEvent
 
 __all__ = [
     "Attempt",
@@ -17,4 +18,5 @@ __all__ = [
     "OpsAction",
     "ScanRun",
     "UTCDateTime",
+    "WebhookEvent",
 ]

@@ -593,6 +593,70 @@ class Settings(BaseSettings):
     def _check_retention_interval(cls, value: timedelta) -> timedelta:
         return _check_duration(value, (timedelta(minutes=1), timedelta(days=1), ""))
 
+    # --- MX webhooks (reauth serve: POST /mx/webhooks) ----------------------------------
+    #: HTTP Basic credentials MX sends with each webhook; both unset: the route answers 404.
+    mx_webhook_username: str | None = None
+    mx_webhook_password: SecretStr | None = None
+    #: Optional source allow-list (CIDRs); empty: any source with the right credentials.
+    mx_webhook_allowed_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Proxies (CIDRs) whose X-Forwarded-For is believed when checking the allow-list.
+    mx_webhook_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Identical bodies received within this window are stored once (MX retries for ~24 h).
+    mx_webhook_dedupe_window: timedelta = timedelta(hours=48)
+    #: Applied, ignored, rejected and failed events older than this are purged (0: never).
+    retention_webhook_events: timedelta = timedelta(days=30)
+
+    @field_validator("mx_webhook_allowed_ips", "mx_webhook_trusted_proxies", mode="before")
+    @classmethod
+    def _parse_webhook_networks(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("mx_webhook_allowed_ips", "mx_webhook_trusted_proxies")
+    @classmethod
+    def _check_webhook_networks(cls, value: list[str]) -> list[str]:
+        for index, item in enumerate(value, start=1):
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"entry {index} is not an IP network (e.g. 10.0.0.0/8)") from None
+        return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
+
+    @field_validator("mx_webhook_dedupe_window", mode="before")
+    @classmethod
+    def _parse_webhook_window(cls, value: Any) -> Any:
+        return _parse_duration(value, (timedelta(minutes=1), timedelta(days=30), ""))
+
+    @field_validator("mx_webhook_dedupe_window")
+    @classmethod
+    def _check_webhook_window(cls, value: timedelta) -> timedelta:
+        return _check_duration(value, (timedelta(minutes=1), timedelta(days=30), ""))
+
+    @field_validator("retention_webhook_events", mode="before")
+    @classmethod
+    def _parse_webhook_retention(cls, value: Any) -> Any:
+        return _parse_duration(value, (timedelta(0), timedelta(days=3650), ""))
+
+    @field_validator("retention_webhook_events")
+    @classmethod
+    def _check_webhook_retention(cls, value: timedelta) -> timedelta:
+        if value and not timedelta(days=1) <= value <= timedelta(days=3650):
+            raise ValueError("must be 0 (keep forever) or between 1d and 3650d (e.g. 30d)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_webhook_credentials(self) -> Settings:
+        if (self.mx_webhook_username is None) != (self.mx_webhook_password is None):
+            raise ValueError(
+                "REAUTH_MX_WEBHOOK_USERNAME and REAUTH_MX_WEBHOOK_PASSWORD: set both or neither"
+            )
+        if self.mx_webhook_password is not None and not self.mx_webhook_password.get_secret_value():
+            raise ValueError("REAUTH_MX_WEBHOOK_PASSWORD must not be empty")
+        return self
+
+    @property
+    def mx_webhooks_enabled(self) -> bool:
+        return self.mx_webhook_username is not None and self.mx_webhook_password is not None
+
     # --- logging -----------------------------------------------------------------------------
     log_format: LogFormat | None = None
     log_level: str = "INFO"

@@ -39,6 +39,14 @@ SCAN_DURATION = Histogram("reauth_scan_duration_seconds", "Duration of scans")
 #: Notifications delivered, retried or dead.
 NOTIFICATIONS = Counter("reauth_notifications_total", "Outbox deliveries by result", ["result"])
 
+#: MX webhooks received, by type and outcome (pending, duplicate, rejected, ignored,
+#: unauthorized, forbidden, too_large).
+WEBHOOKS_RECEIVED = Counter(
+    "reauth_webhooks_received_total", "MX webhooks received", ["type", "outcome"]
+)
+#: Webhook events applied, by result (applied, ignored, retried, failed).
+WEBHOOKS_APPLIED = Counter("reauth_webhooks_applied_total", "MX webhook events applied", ["result"])
+
 
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0 picks none)."""

@@ -43,6 +43,9 @@ def uvicorn_config(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         timeout_keep_alive=30,
+        # X-Forwarded-For is believed only from REAUTH_MX_WEBHOOK_TRUSTED_PROXIES (worker/web/
+        # webhooks.py); uvicorn's default would trust it from 127.0.0.1 whatever is configured.
+        proxy_headers=False,
     )
 
 

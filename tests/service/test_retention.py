@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, delete, func, insert, select, text
 
-from models import Attempt, Click, Member, Notification, OpsAction, ScanRun
+from models import Attempt, Click, Member, Notification, OpsAction, ScanRun, WebhookEvent
 from tests.pipeline_helpers import cli
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError
@@ -113,6 +113,15 @@ def _world(engine: Engine) -> dict[str, Any]:
                     interrupted=False,
                 )
             )  # fmt: skip
+        for n, (at, status) in enumerate(
+            [(OLD, "applied"), (OLD, "rejected"), (FRESH, "applied"), (OLD, "pending")]
+        ):
+            conn.execute(
+                insert(WebhookEvent).values(
+                    event_type="MEMBER", digest=f"d{n}", body=b"{}", status=status, duplicates=0,
+                    attempts=0, received_at=at,
+                )
+            )  # fmt: skip
     return ids
 
 
@@ -130,7 +139,7 @@ def test_purge_deletes_old_rows_in_bounded_batches_and_keeps_fresh_ones(rt: Runt
     by_name = {k.name: k for k in result.kinds}
     assert {n: k.rows for n, k in by_name.items()} == {
         "clicks": 2, "attempts": 2, "notifications_sent": 2, "notifications_dead": 2,
-        "notifications_canceled": 2, "ops_actions": 2, "scan_runs": 2,
+        "notifications_canceled": 2, "ops_actions": 2, "scan_runs": 2, "webhook_events": 2,
     }  # fmt: skip
     for k in result.kinds:
         assert k.max_batch <= 2
@@ -142,6 +151,8 @@ def test_purge_deletes_old_rows_in_bounded_batches_and_keeps_fresh_ones(rt: Runt
     for model in (Attempt, Click, OpsAction, ScanRun):
         assert _count(rt.engine, model) == 1
     assert _count(rt.engine, Member) == 1
+    # The fresh webhook event and the old pending one (still to be applied) stay.
+    assert _count(rt.engine, WebhookEvent) == 2
     # Nothing left: a second run deletes nothing.
     again = retention.purge(rt, clock=_clock)
     assert all(k.rows == 0 for k in again.kinds)
@@ -229,6 +240,7 @@ def test_every_batch_statement_reads_an_index(pg_url: str) -> None:
         "notifications_canceled": "ix_notifications_status_created",
         "ops_actions": "ix_ops_actions_created_at",
         "scan_runs": "ix_scan_runs_started_at",
+        "webhook_events": "ix_webhook_events_received_at",
     }
     try:
         with engine.connect() as conn:

@@ -20,6 +20,7 @@ REGENERATE_TASK = "reauth.regenerate"
 DELIVER_TASK = "reauth.dispatch_notifications"
 SWEEP_TASK = "reauth.sweep_claims"
 PURGE_TASK = "reauth.purge"
+APPLY_WEBHOOKS_TASK = "reauth.apply_webhooks"
 #: Queue of this service's own tasks.
 QUEUE = "reauth"
 
@@ -81,6 +82,14 @@ def create_app() -> Celery:
                 "task": PURGE_TASK,
                 "schedule": purge_every,
                 "options": {"expires": purge_every},
+            },
+            # MX webhooks: the task is queued after each intake; this sweeps what a lost
+            # message or a retried MX read left pending.
+            "reauth-webhooks-sweeper": {
+                "task": APPLY_WEBHOOKS_TASK,
+                "schedule": heartbeat,
+                "kwargs": {"sweep": True},
+                "options": {"expires": heartbeat},
             },
         },
     )

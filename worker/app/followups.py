@@ -21,6 +21,8 @@ log = structlog.get_logger(__name__)
 
 #: Redis key meaning "a relay task is queued and has not started yet".
 DELIVER_QUEUED_KEY = "reauth:dispatch:queued"
+#: Redis key meaning "an apply-webhooks task is queued and has not started yet".
+WEBHOOKS_QUEUED_KEY = "reauth:webhooks:queued"
 
 
 class Followups(Protocol):
@@ -32,6 +34,12 @@ class Followups(Protocol):
 
     def delivery_started(self) -> None:
         """A delivery pass is starting (it will see every row committed before now)."""
+
+    def apply_webhooks(self) -> None:
+        """Apply pending webhook events (after an intake committed one)."""
+
+    def webhooks_started(self) -> None:
+        """An apply pass is starting (it will see every event committed before now)."""
 
     def close(self) -> None: ...
 
@@ -62,8 +70,19 @@ class CeleryFollowups:
     def delivery_started(self) -> None:
         self._flag(set_it=False)
 
-    def _flag(self, *, set_it: bool) -> bool:
-        """Set (True when we set it, i.e. nobody else had) or clear the relay-queued flag."""
+    def apply_webhooks(self) -> None:
+        # Coalesced like the relay: one queued apply task sees every event committed before
+        # it starts.
+        if self._flag(set_it=True, key=WEBHOOKS_QUEUED_KEY):
+            from worker.app.celery_app import APPLY_WEBHOOKS_TASK, app
+
+            app.send_task(APPLY_WEBHOOKS_TASK)
+
+    def webhooks_started(self) -> None:
+        self._flag(set_it=False, key=WEBHOOKS_QUEUED_KEY)
+
+    def _flag(self, *, set_it: bool, key: str = DELIVER_QUEUED_KEY) -> bool:
+        """Set (True when we set it, i.e. nobody else had) or clear a task-queued flag."""
         import redis
 
         if self._redis_url is None:
@@ -75,8 +94,8 @@ class CeleryFollowups:
                 )
             if set_it:
                 # Expires so that a lost task message cannot block relays for more than a minute.
-                return bool(self._client.set(DELIVER_QUEUED_KEY, 1, nx=True, ex=60))
-            self._client.delete(DELIVER_QUEUED_KEY)
+                return bool(self._client.set(key, 1, nx=True, ex=60))
+            self._client.delete(key)
         except (redis.RedisError, OSError) as exc:  # Redis trouble: fall back to always queueing
             log.warning("dispatch_flag_unavailable", error=type(exc).__name__)
         return True
@@ -111,6 +130,14 @@ class InlineFollowups:
 
     def delivery_started(self) -> None:
         """Nothing to clear: inline delivery is not queued."""
+
+    def apply_webhooks(self) -> None:
+        from worker.app import jobs
+
+        jobs.apply_webhooks(self._rt, clock=utc_now)
+
+    def webhooks_started(self) -> None:
+        """Nothing to clear: inline applies are not queued."""
 
     def close(self) -> None:
         """Holds nothing."""

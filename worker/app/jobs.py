@@ -17,6 +17,7 @@ from worker.core.policy import Reason
 from worker.runtime import Runtime
 from worker.service import deliver as delivery
 from worker.service import retention
+from worker.service import webhooks as webhook_events
 from worker.service.regenerate import BatchResult, regenerate_batch
 from worker.service.scan import ScanResult, run_scan, sweep
 
@@ -79,3 +80,19 @@ def purge(rt: Runtime, *, clock: Clock) -> retention.PurgeResult:
     beat goes on where it stopped: every batch has committed)."""
     deadline = time.monotonic() + rt.settings.task_time_limit / 2
     return retention.purge(rt, clock=clock, deadline=deadline)
+
+
+def apply_webhooks(rt: Runtime, *, clock: Clock, sweep: bool = False) -> webhook_events.ApplyResult:
+    """Apply pending MX webhook events; members an event made due get a regenerate batch of
+    their own at once (trigger ``webhook``), not at the next scan. ``sweep`` (beat) returns
+    without work when nothing is pending."""
+    rt.followups.webhooks_started()
+    if sweep and not webhook_events.pending(rt, clock()):
+        return webhook_events.ApplyResult()
+
+    def hand_on(ids: list[int]) -> None:
+        claimed, owner = webhook_events.claim_due(rt, ids, clock())
+        if claimed:
+            rt.followups.regenerate(claimed, owner, force=False, trigger="webhook")
+
+    return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)

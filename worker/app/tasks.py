@@ -14,6 +14,7 @@ from celery import Task
 
 from worker.app import jobs
 from worker.app.celery_app import (
+    APPLY_WEBHOOKS_TASK,
     DELIVER_TASK,
     PURGE_TASK,
     REGENERATE_TASK,
@@ -117,3 +118,9 @@ def purge(self: Task[Any, Any]) -> dict[str, Any]:
     """Retention (beat, every REAUTH_RETENTION_INTERVAL). Acked early: a lost run is simply
     done by the next tick."""
     return jobs.purge(PROCESS.get(), clock=utc_now).as_dict()
+
+
+@app.task(name=APPLY_WEBHOOKS_TASK, bind=True, autoretry_for=(StorageError,), max_retries=3)
+def apply_webhooks(self: Task[Any, Any], sweep: bool = False) -> dict[str, Any]:
+    """Apply pending MX webhook events (queued after intake; on beat as a sweeper)."""
+    return jobs.apply_webhooks(PROCESS.get(), clock=utc_now, sweep=sweep).as_dict()

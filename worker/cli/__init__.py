@@ -42,6 +42,7 @@ def _register() -> None:
         run,
         sandbox,
         serve,
+        webhooks,
     )
 
 

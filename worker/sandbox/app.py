@@ -55,6 +55,7 @@ from worker.sandbox.members import (
     answered_guid,
     open_source,
 )
+from worker.sandbox.webhooks import WebhookSender, events_for
 
 #: Platform ``Accept-Version`` → the ``Accept`` it goes with.
 PLATFORM_MEDIA = {
@@ -102,6 +103,16 @@ class Sandbox:
         self.stats: dict[str, int] = {
             "api_tokens_issued": 0, "sessions_created": 0, "uris": 0, "authorized": 0,
         }  # fmt: skip
+        #: The user each member was last asked under (webhooks name it).
+        self.users: dict[str, str] = {}
+        self.webhooks = WebhookSender(
+            url=lambda: self.config.webhook_url or None,
+            auth=lambda: (self.config.webhook_username, self.config.webhook_password),
+            delays=lambda: [
+                self.config.webhook_retry_seconds * 2**i for i in range(self.config.webhook_retries)
+            ],
+            duplicates=lambda: self.config.webhook_duplicates,
+        )
         self._source: MemberSource | None = None
         self._source_key: tuple[str | None, str | None] | None = None
         routes = [
@@ -133,6 +144,8 @@ class Sandbox:
             Route("/_sandbox/stats", self.get_stats, methods=["GET"]),
             Route("/_sandbox/members/{member_guid}", self.put_member, methods=["PUT"]),
             Route("/_sandbox/members/{member_guid}", self.delete_member, methods=["DELETE"]),
+            Route("/_sandbox/webhooks/hold", self.hold_webhooks, methods=["POST"]),
+            Route("/_sandbox/webhooks/release", self.release_webhooks, methods=["POST"]),
         ]
         self._asgi = FaultMiddleware(self, Starlette(routes=routes))
 
@@ -334,6 +347,7 @@ class Sandbox:
             member = await run_in_threadpool(source.lookup, guid)
         if member is None or not member.belongs_to(user):
             return self.error_response(404, 4040, "Member not found", endpoint)
+        self.users[member.guid] = member.user_guid or user
         return member
 
     async def _oauth_answer(
@@ -419,7 +433,17 @@ class Sandbox:
         unknown = set(fields) - STATE_FIELDS
         if unknown:
             raise ValueError(f"unknown member state field(s): {', '.join(sorted(unknown))}")
+        before = self.member_states.get(guid, {}).get("connection_status")
         self.member_states.setdefault(guid, {}).update(fields)
+        if fields.get("connection_status", before) != before:
+            self._emit(guid)
+
+    def _emit(self, guid: str) -> None:
+        """Post MX's webhooks for the member's new live state (when a webhook URL is set and
+        the member's user is known: it was asked for under one)."""
+        user = self.users.get(guid)
+        if user is not None:
+            self.webhooks.send(events_for(guid, user, self.member_states.get(guid, {})))
 
     async def open_uri(self, request: Request) -> Response:
         """The OAuth window: one-time (a second open is 410, as MX URIs are single-use)."""
@@ -445,6 +469,7 @@ class Sandbox:
                 connection_status="CONNECTED", is_being_aggregated=False
             )
             self.stats["authorized"] += 1
+            self._emit(guid)
         return oauth_window.finish(
             member_guid=guid, authorized=authorized, referral_source=referral,
             redirect_url=redirect,
@@ -485,6 +510,14 @@ class Sandbox:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(self.member_states[request.path_params["member_guid"]])
+
+    async def hold_webhooks(self, request: Request) -> Response:
+        self.webhooks.hold()
+        return Response(status_code=204)
+
+    async def release_webhooks(self, request: Request) -> Response:
+        reverse = request.query_params.get("order") == "reverse"
+        return JSONResponse({"released": self.webhooks.release(reverse=reverse)})
 
     async def delete_member(self, request: Request) -> Response:
         self.member_states.pop(request.path_params["member_guid"], None)

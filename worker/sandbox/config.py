@@ -87,6 +87,15 @@ class SandboxConfig:
     error_envelope: str = "error-object"
     fault_endpoints: list[str] = field(default_factory=lambda: list(ENDPOINTS))
     seed: int = 0
+    #: Where member state changes are posted as MX webhooks ("" = nowhere); HTTP Basic.
+    webhook_url: str = ""
+    webhook_username: str = "mx"
+    webhook_password: str = ""
+    #: Retries of a failed delivery, the first after this many seconds, doubling.
+    webhook_retries: int = 3
+    webhook_retry_seconds: float = 0.5
+    #: Every webhook is sent this many extra times (MX may deliver an event more than once).
+    webhook_duplicates: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -104,6 +113,9 @@ class SandboxConfig:
         for name in ("latency", "jitter", "hang_seconds", "session_ttl_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if min(self.webhook_retries, self.webhook_duplicates) < 0 or self.webhook_retry_seconds < 0:
+            raise ValueError("webhook_retries, webhook_duplicates and webhook_retry_seconds must "
+                             "not be negative")  # fmt: skip
         if self.expire_session_every < 0 or self.oversize_bytes < 0 or self.session_max_uses < 0:
             raise ValueError(
                 "expire_session_every, session_max_uses and oversize_bytes must not be negative"
@@ -124,6 +136,7 @@ class SandboxConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["api_key"] = "***"  # the admin endpoint is unauthenticated; never echo the key
+        data["webhook_password"] = "***" if self.webhook_password else ""
         return data
 
     def update(self, changes: dict[str, Any]) -> None:

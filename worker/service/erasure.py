@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from worker.core.erasure import guid_digest, placeholder, redact
 from worker.errors import InputError
-from worker.store import audit, erasure
+from worker.store import audit, erasure, inbox
 
 
 def forget(
@@ -55,6 +55,9 @@ def forget(
             names.add(m.mx_member_guid)
     counts = erasure.delete_members(session, [m.id for m in found])
     replace = {name: placeholder(name) for name in sorted(names, key=len, reverse=True)}
+    counts["webhook_events"] = inbox.forget(
+        session, member_guids=sorted(names), user_guid=guid if by == "user" else None
+    )
     counts["ops_actions_redacted"] = erasure.redact_actions(session, replace)
     digest = guid_digest(guid)
     already = not found and erasure.forget_recorded(session, digest)

@@ -1,4 +1,5 @@
-"""Leases: the one claim mechanism for members (scan, rerun, batches) and outbox rows (relay).
+"""Leases: the one claim mechanism for members (scan, rerun, batches), outbox rows (relay) and
+webhook inbox rows (the apply job).
 
 A lease is a pair of columns, ``claim_owner`` and ``claim_expires_at``. A row is free when it has
 no owner or its lease ran out, so a worker that dies leaves rows that become claimable again when
@@ -22,10 +23,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import Member, Notification
+from models import Member, Notification, WebhookEvent
 
 #: The tables that carry lease columns.
-Leased = type[Member] | type[Notification]
+Leased = type[Member] | type[Notification] | type[WebhookEvent]
 
 
 def new_owner() -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, delete, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from models import Attempt, Click, Member, Notification, OpsAction, ScanRun
+from models import Attempt, Click, Member, Notification, OpsAction, ScanRun, WebhookEvent
 from worker.core.states import NotificationStatus as NS
 
 N = Notification
@@ -52,6 +52,13 @@ KINDS: dict[str, Kind] = {
         Kind("notifications_canceled", N, N.created_at, (N.status == NS.CANCELED,)),
         Kind("ops_actions", OpsAction, OpsAction.created_at),
         Kind("scan_runs", ScanRun, ScanRun.started_at),
+        # MX webhooks: pending ones are never purged (they are still to be applied).
+        Kind(
+            "webhook_events",
+            WebhookEvent,
+            WebhookEvent.received_at,
+            (WebhookEvent.status != "pending",),
+        ),
     )
 }
 

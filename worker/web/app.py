@@ -32,7 +32,7 @@ from worker.mx import OAuthWindow
 from worker.runtime import Runtime
 from worker.service import reconnect
 from worker.store.db import session_scope
-from worker.web import pages
+from worker.web import pages, webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -289,6 +289,7 @@ def create_app(rt: Runtime) -> Starlette:
         ("/healthz", routes.healthz, ["GET"]),
         ("/readyz", routes.readyz, ["GET"]),
     ]
+    handlers += webhooks.routes(rt)  # MX webhooks (docs/WEBHOOKS.md)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -1,0 +1,155 @@
+"""``POST /mx/webhooks`` (and ``/mx/webhooks/{type}``): MX's webhooks, stored, answered 204.
+
+MX posts JSON over HTTPS with no signature, no event id and no timestamp, and retries for about
+a day. So the handler checks HTTP Basic credentials (constant-time) and, when configured, the
+source address; reads at most 64 KiB; stores the raw body in the inbox (duplicates within the
+window once, unusable bodies as ``rejected``); and answers **204** only after the row is
+committed: once MX got its 204 the event is in the database. Applying it is the apply job's
+work (``reauth.apply_webhooks``, queued here, coalesced, and swept on beat), never done in the
+request. Wrong credentials: 401, nothing stored. No body or payload is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+
+import structlog
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from worker import metrics
+from worker.clock import utc_now
+from worker.runtime import Runtime
+from worker.service import webhooks
+
+log = structlog.get_logger(__name__)
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class WebhookIntake:
+    """The webhook routes over one runtime (see :func:`routes`)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        settings = rt.settings
+        self.username = (settings.mx_webhook_username or "").encode()
+        password = settings.mx_webhook_password
+        self.password = password.get_secret_value().encode() if password else b""
+        self.enabled = settings.mx_webhooks_enabled
+        self.allowed: list[IpNetwork] = [
+            ipaddress.ip_network(n) for n in settings.mx_webhook_allowed_ips
+        ]
+        self.proxies: list[IpNetwork] = [
+            ipaddress.ip_network(n) for n in settings.mx_webhook_trusted_proxies
+        ]
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def authorized(self, header: str | None) -> bool:
+        """HTTP Basic, both parts compared in constant time."""
+        if not header or header[:6].lower() != "basic ":
+            return False
+        try:
+            user, sep, password = base64.b64decode(header[6:].strip(), validate=True).partition(
+                b":"
+            )
+        except (binascii.Error, ValueError):
+            return False
+        ok_user = hmac.compare_digest(user, self.username)
+        ok_password = hmac.compare_digest(password, self.password)
+        return bool(sep) and ok_user and ok_password
+
+    def _in(self, address: str, networks: list[IpNetwork]) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in n for n in networks)
+
+    def source(self, request: Request) -> str:
+        """The sender's address: the peer, or, when the peer is a trusted proxy, the right-most
+        ``X-Forwarded-For`` entry that is not itself a trusted proxy."""
+        peer = request.client.host if request.client else ""
+        if not self._in(peer, self.proxies):
+            return peer
+        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if not self._in(hop, self.proxies):
+                return hop
+        return peer
+
+    def source_allowed(self, request: Request) -> bool:
+        return not self.allowed or self._in(self.source(request), self.allowed)
+
+    async def body(self, request: Request) -> bytes:
+        """The body, refused past :data:`~worker.service.webhooks.MAX_BODY_BYTES` without
+        reading the rest."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > webhooks.MAX_BODY_BYTES:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > webhooks.MAX_BODY_BYTES:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- the route ----------------------------------------------------------------------------
+
+    async def receive(self, request: Request) -> Response:
+        path_type = request.path_params.get("type")
+        metric_type = str(path_type or "any").upper()[:32]
+        if metric_type not in webhooks.KNOWN_TYPES and metric_type != "ANY":
+            metric_type = "OTHER"
+        if not self.enabled:
+            return PlainTextResponse("not found", status_code=404)
+        if not self.source_allowed(request):
+            metrics.WEBHOOKS_RECEIVED.labels(type=metric_type, outcome="forbidden").inc()
+            log.warning("webhook.forbidden_source")
+            return PlainTextResponse("forbidden", status_code=403)
+        if not self.authorized(request.headers.get("authorization")):
+            metrics.WEBHOOKS_RECEIVED.labels(type=metric_type, outcome="unauthorized").inc()
+            log.warning("webhook.unauthorized")
+            return PlainTextResponse(
+                "unauthorized", status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="mx-webhooks"'},
+            )  # fmt: skip
+        try:
+            body = await self.body(request)
+        except _TooLarge:
+            metrics.WEBHOOKS_RECEIVED.labels(type=metric_type, outcome="too_large").inc()
+            log.warning("webhook.too_large")
+            return PlainTextResponse("payload too large", status_code=413)
+        stored = await run_in_threadpool(webhooks.intake, self.rt, body, path_type, utc_now())
+        if not stored.duplicate:
+            await run_in_threadpool(self._hand_on)
+        return Response(status_code=204)
+
+    def _hand_on(self) -> None:
+        """Queue the apply job. The event is committed already: if queueing fails, the sweeper
+        on beat applies it, so the answer stays 204."""
+        try:
+            self.rt.followups.apply_webhooks()
+        except Exception as exc:  # broker down: the beat sweeper catches up
+            log.warning("webhook.queue_failed", error=type(exc).__name__)
+
+
+def routes(rt: Runtime) -> list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]]:
+    """The routes to add to ``reauth serve``'s app."""
+    intake = WebhookIntake(rt)
+    return [
+        ("/mx/webhooks", intake.receive, ["POST"]),
+        ("/mx/webhooks/{type}", intake.receive, ["POST"]),
+    ]
