@@ -20,8 +20,8 @@ from worker.app import jobs
 from worker.clock import utc_now
 from worker.runtime import Runtime
 from worker.sandbox.server import RunningSandbox
+from worker.serving import serve_in_thread
 from worker.web.app import create_app
-from worker.web.server import serve_in_thread
 
 USER, PASSWORD = "mx-hooks", "correct horse battery staple"
 AUTH = (USER, PASSWORD)
