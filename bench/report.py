@@ -376,7 +376,7 @@ def serve_targets(serve: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 _check(
                     f"POST own time {q} ({rate})",
-                    f"{value} ms",
+                    f"{value:,.1f} ms" if value is not None else "-",
                     f"<= {goal:.0f} ms, every press answered 303",
                     complete and value is not None and value <= goal,
                 )
@@ -461,7 +461,8 @@ def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
             "",
             f"{cfg['seconds']:.0f} s per rate, every press on a different member's link (after "
             "one second of warm-up presses on other members). A press's time runs from its "
-            "due time in the open loop to the answer (303 to MX's URI). Own time = total - the "
+            "due time in the open loop to the answer (303 to MX's URI); answered/s is presses over "
+            "the time to the last answer. Own time = total - the "
             "MX call as the server timed it (the click's attempt row); total - configured "
             "latency also counts our MX client's work and the sandbox's as ours. Times in ms.",
             "",
@@ -474,7 +475,7 @@ def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
                     "MX call p50 / p99",
                     "**own p50 / p99**",
                     "total - configured p50 / p99",
-                    "last answer (s)",
+                    "answered/s",
                     "CPU ms per press: server / PostgreSQL / loadgen / sandbox / other",
                 ],
                 [
@@ -487,7 +488,7 @@ def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
                         f"**{_fmt(r['own_p50_ms'])} / {_fmt(r['own_p99_ms'])}**",
                         f"{_fmt(r['minus_configured_p50_ms'])} / "
                         f"{_fmt(r['minus_configured_p99_ms'])}",
-                        r["seconds"],
+                        round(r["requests"] / r["seconds"], 1) if r["seconds"] else None,
                         _cpu_cell(r),
                     ]
                     for r in posts
