@@ -1,6 +1,6 @@
 """The serve benchmark's load generator: an aiohttp client in its own process, so it does not
-share an event loop (or a GIL) with the server it measures. Reads a JSON job on stdin, prints
-one JSON result on stdout::
+share an event loop (or a GIL) with the server it measures. Reads a JSON job on stdin and writes
+one JSON result to the file the job names (``out``)::
 
     {"mode": "closed", "urls": [...], "concurrency": 32, "seconds": 10, "warmup": 2}
     {"mode": "open", "urls": [...], "rate": 200, "method": "POST"}
@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -123,4 +124,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(json.load(sys.stdin))))
+    # The result goes to a file: stdout may be left non-blocking by the event loop, and a
+    # large result written to a pipe could then be cut short.
+    job = json.load(sys.stdin)
+    Path(job["out"]).write_text(json.dumps(run(job)))

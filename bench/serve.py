@@ -8,7 +8,8 @@ generator are separate processes on 127.0.0.1:
 * ``reauth serve`` (``python -m worker serve``) with REAUTH_* pointing at PostgreSQL, Redis
   and the sandbox, on uvicorn with uvloop and httptools;
 * the baseline: a trivial Starlette page (bench/hello.py) on the same uvicorn configuration;
-* the load generator (bench/loadgen.py), aiohttp on uvloop, fed a JSON job on stdin.
+* the load generator (bench/loadgen.py), aiohttp on uvloop, fed a JSON job on stdin, writing
+  its result to a file.
 
 What one run measures:
 
@@ -214,22 +215,23 @@ def load(job: dict[str, Any], timeout: float) -> dict[str, Any]:
 
     started = time.perf_counter()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.loadgen"],
-        cwd=infra.ROOT,
-        env=dict(os.environ, PYTHONPATH=str(infra.ROOT)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(json.dumps(job).encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        infra.stop(proc)
-        raise RuntimeError("the load generator did not finish") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"the load generator failed ({proc.returncode})")
-    result: dict[str, Any] = json.loads(out)
+    with tempfile.TemporaryDirectory(prefix="reauth-loadgen-") as tmp:
+        out = Path(tmp) / "result.json"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen"],
+            cwd=infra.ROOT,
+            env=dict(os.environ, PYTHONPATH=str(infra.ROOT)),
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            proc.communicate(json.dumps({**job, "out": str(out)}).encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            infra.stop(proc)
+            raise RuntimeError("the load generator did not finish") from None
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"the load generator failed ({proc.returncode})")
+        result: dict[str, Any] = json.loads(out.read_text())
     result["wall_s"] = round(time.perf_counter() - started, 2)
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     result["loadgen_cpu_s"] = round(
