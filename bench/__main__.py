@@ -6,6 +6,7 @@ Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated
 
     uv run python -m bench            # full run (~15 min on 2 cores)
     uv run python -m bench --quick    # smaller sizes, same shape (~3 min)
+    uv run python -m bench serve      # `reauth serve` under load (bench/serve.py, ~2 min)
 """
 
 from __future__ import annotations
@@ -104,6 +105,12 @@ def environment(db_url: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from bench import serve
+
+        serve.main(argv[1:])
+        return
     args = parse(argv)
     started = time.perf_counter()
     due = int(args.members * args.due_fraction)
@@ -257,6 +264,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / "results.json"
+    if previous.exists() and "serve" not in results:
+        # The serve run (python -m bench serve) is run on its own: keep its figures.
+        serve = json.loads(previous.read_text()).get("serve")
+        if serve:
+            results["serve"] = serve
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.plot(results, out / "results.png")
     (out / "RESULTS.md").write_text(report.markdown(results))

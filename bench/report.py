@@ -17,6 +17,10 @@ TARGET_VS_NAIVE_0MS = 4.0
 TARGET_DUE_QUERY_MS = 100.0
 TARGET_RSS_MB = 300.0
 TARGET_RSS_GROWTH = 0.20
+#: `reauth serve` (the reconnect links): GET page rate; a press's own time at 200/s, MX 100 ms.
+TARGET_PAGE_PER_S = 1500.0
+TARGET_OWN_P50_MS = 5.0
+TARGET_OWN_P99_MS = 25.0
 
 
 def _main_rows(rows: list[dict[str, Any]], kind: str) -> dict[float, dict[str, Any]]:
@@ -143,7 +147,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The human-readable results page (bench/RESULTS.md)."""
+    """The human-readable results page (bench/RESULTS.md): the pipeline run and, when there is
+    one, the serve run (``results["serve"]``), each with its own command and date."""
+    if "rows" not in results:  # only a serve run so far
+        return "\n".join(["# Benchmark results", "", *serve_markdown(results.get("serve"))])
     cfg, env, rows = results["config"], results["environment"], results["rows"]
     parts = [
         "# Benchmark results",
@@ -270,10 +277,255 @@ def markdown(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    parts += serve_markdown(results.get("serve"))
     notes = results.get("notes") or []
     if notes:
         parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     return "\n".join(parts)
+
+
+# --- `reauth serve` (python -m bench serve) -------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None when there is nothing to rank."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
+    return ordered[int(rank) - 1]
+
+
+def _r(v: float | None, digits: int = 2) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def post_summary(samples: list[dict[str, Any]], configured_ms: float) -> dict[str, Any]:
+    """Percentiles of an open-loop POST run.
+
+    Each sample: ``status``, ``total_ms`` (from the press's due time to the answer),
+    ``mx_ms`` (the MX call as the server timed it, from the click's attempt row; None when the
+    press made no MX call). The service's own time is ``total_ms - mx_ms``; ``total_ms -
+    configured_ms`` (the sandbox's configured latency) is the conservative reading, which also
+    counts our MX client's own work and the sandbox's processing as ours.
+    """
+    ok = [s for s in samples if s["status"] == 303 and s.get("mx_ms") is not None]
+    total = [s["total_ms"] for s in ok]
+    own = [s["total_ms"] - s["mx_ms"] for s in ok]
+    mx = [s["mx_ms"] for s in ok]
+    minus_configured = [t - configured_ms for t in total]
+    return {
+        "answered_303": len(ok),
+        "not_303": len(samples) - len(ok),
+        "total_p50_ms": _r(percentile(total, 50)),
+        "total_p99_ms": _r(percentile(total, 99)),
+        "mx_p50_ms": _r(percentile(mx, 50)),
+        "mx_p99_ms": _r(percentile(mx, 99)),
+        "own_p50_ms": _r(percentile(own, 50)),
+        "own_p99_ms": _r(percentile(own, 99)),
+        "own_max_ms": _r(max(own, default=None) if own else None),
+        "minus_configured_p50_ms": _r(percentile(minus_configured, 50)),
+        "minus_configured_p99_ms": _r(percentile(minus_configured, 99)),
+    }
+
+
+def _serve_row(serve: dict[str, Any], kind: str, target: str | None = None) -> dict[str, Any]:
+    return next(
+        (
+            r
+            for r in serve["rows"]
+            if r["kind"] == kind and (target is None or r.get("target") == target)
+        ),
+        {},
+    )
+
+
+def _top_post(serve: dict[str, Any]) -> dict[str, Any]:
+    """The POST run at the highest rate (the one the targets are judged on)."""
+    posts = [r for r in serve["rows"] if r["kind"] == "post"]
+    return max(posts, key=lambda r: r["rate"]) if posts else {}
+
+
+def _cpu_cell(r: dict[str, Any]) -> str:
+    c = r.get("cpu_ms") or {}
+    return " / ".join(
+        f"{c[k]:.2f}" if c.get(k) is not None else "-"
+        for k in ("server", "postgres", "loadgen", "sandbox", "other")
+    )
+
+
+def serve_targets(serve: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for `reauth serve`, judged on a serve run."""
+    out = []
+    page = _serve_row(serve, "get", "page")
+    if page:
+        out.append(
+            _check(
+                "GET reconnect page",
+                f"{page['per_s']:,.0f} req/s",
+                f">= {TARGET_PAGE_PER_S:,.0f} req/s",
+                page["per_s"] >= TARGET_PAGE_PER_S,
+            )
+        )
+    post = _top_post(serve)
+    if post:
+        rate = f"{post['rate']:.0f}/s, MX {post['latency_s'] * 1000:.0f} ms"
+        complete = post["not_303"] == 0
+        for q, goal in (("p50", TARGET_OWN_P50_MS), ("p99", TARGET_OWN_P99_MS)):
+            value = post[f"own_{q}_ms"]
+            out.append(
+                _check(
+                    f"POST own time {q} ({rate})",
+                    f"{value:,.1f} ms" if value is not None else "-",
+                    f"<= {goal:.0f} ms, every press answered 303",
+                    complete and value is not None and value <= goal,
+                )
+            )
+    return out
+
+
+def _loadavg(v: list[float] | None) -> str:
+    return " / ".join(f"{x:.2f}" for x in v) if v else "-"
+
+
+def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
+    """The serve run's section of RESULTS.md (nothing when there is no serve run)."""
+    if not serve:
+        return []
+    cfg, env = serve["config"], serve["environment"]
+    gets = [r for r in serve["rows"] if r["kind"] == "get"]
+    base = _serve_row(serve, "get", "baseline").get("per_s")
+    posts = sorted((r for r in serve["rows"] if r["kind"] == "post"), key=lambda r: r["rate"])
+    modes = [r for r in serve["rows"] if r["kind"] == "link_mode"]
+    parts = [
+        "## `reauth serve`: reconnect links under load",
+        "",
+        f"Generated by `{serve['command']}` on {serve['finished_at']} "
+        f"({env['cpus']} CPUs shared by everything below, Python {env['python']}, "
+        f"PostgreSQL {env['postgres']}, Redis {env['redis']}, uvicorn {env.get('uvicorn')} "
+        f"with uvloop {env.get('uvloop')} and httptools {env.get('httptools')}). "
+        f"Whole run: {serve['duration_s']:.0f} s. Servers, the MX sandbox and the load "
+        "generator (aiohttp on uvloop) are separate processes on the same two cores, with "
+        "PostgreSQL and Redis. `other` in the CPU columns is what processes outside the "
+        "benchmark used meanwhile (load average at the start "
+        f"{_loadavg(env.get('loadavg_start'))}, at the end {_loadavg(env.get('loadavg_end'))}).",
+        "",
+        _table(
+            ["target", "measured", "goal", "met"],
+            [
+                [t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"]
+                for t in serve["targets"]
+            ],
+        ),
+        "",
+    ]
+    if gets:
+        parts += [
+            f"### GET, {cfg['concurrency']} keep-alive connections, {cfg['seconds']:.0f} s each",
+            "",
+            "`baseline` is a trivial Starlette page (bench/hello.py) on the same uvicorn "
+            "configuration as `reauth serve`, in the same kind of process; `page` is "
+            f"`GET /r/{{token}}` cycling through {cfg['links']:,} links (token check, one "
+            "database read, the HTML page with its security headers).",
+            "",
+            _table(
+                [
+                    "target",
+                    "req/s",
+                    "vs baseline",
+                    "p50 (ms)",
+                    "p99 (ms)",
+                    "answers",
+                    "body bytes",
+                    "CPU ms per request: server / PostgreSQL / loadgen / sandbox / other",
+                ],
+                [
+                    [
+                        r["target"],
+                        r["per_s"],
+                        f"{r['per_s'] / base:.2f}" if base else None,
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        ", ".join(f"{k}: {v:,}" for k, v in r["statuses"].items()),
+                        r["body_bytes"],
+                        _cpu_cell(r),
+                    ]
+                    for r in gets
+                ],
+            ),
+            "",
+        ]
+    if posts:
+        parts += [
+            f"### POST, open loop, sandbox at {posts[0]['latency_s'] * 1000:.0f} ms",
+            "",
+            f"{cfg['seconds']:.0f} s per rate, every press on a different member's link (after "
+            "one second of warm-up presses on other members). A press's time runs from its "
+            "due time in the open loop to the answer (303 to MX's URI); answered/s is presses over "
+            "the time to the last answer. Own time = total - the "
+            "MX call as the server timed it (the click's attempt row); total - configured "
+            "latency also counts our MX client's work and the sandbox's as ours. Times in ms.",
+            "",
+            _table(
+                [
+                    "presses/s",
+                    "presses",
+                    "not 303",
+                    "total p50 / p99",
+                    "MX call p50 / p99",
+                    "**own p50 / p99**",
+                    "total - configured p50 / p99",
+                    "answered/s",
+                    "CPU ms per press: server / PostgreSQL / loadgen / sandbox / other",
+                ],
+                [
+                    [
+                        f"{r['rate']:.0f}",
+                        r["requests"],
+                        r["not_303"],
+                        f"{_fmt(r['total_p50_ms'])} / {_fmt(r['total_p99_ms'])}",
+                        f"{_fmt(r['mx_p50_ms'])} / {_fmt(r['mx_p99_ms'])}",
+                        f"**{_fmt(r['own_p50_ms'])} / {_fmt(r['own_p99_ms'])}**",
+                        f"{_fmt(r['minus_configured_p50_ms'])} / "
+                        f"{_fmt(r['minus_configured_p99_ms'])}",
+                        round(r["requests"] / r["seconds"], 1) if r["seconds"] else None,
+                        _cpu_cell(r),
+                    ]
+                    for r in posts
+                ],
+            ),
+            "",
+        ]
+    if modes:
+        parts += [
+            "### `REAUTH_LINK_MODE`: MX calls at scan time",
+            "",
+            f"{modes[0]['members']:,} expired members scanned inline once per mode "
+            "(the sandbox's count of minted URIs). A press of Reconnect asks MX once in "
+            "either mode.",
+            "",
+            _table(
+                [
+                    "mode",
+                    "MX URI calls at scan",
+                    "per member",
+                    "messages with oauth_window_uri",
+                    "with reconnect_url",
+                ],
+                [
+                    [
+                        r["mode"],
+                        r["scan_mx_uri_calls"],
+                        r["scan_mx_calls_per_member"],
+                        r["with_oauth_window_uri"],
+                        r["with_reconnect_url"],
+                    ]
+                    for r in modes
+                ],
+            ),
+            "",
+        ]
+    return parts
 
 
 def _settings(r: dict[str, Any]) -> str:

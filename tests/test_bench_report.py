@@ -135,3 +135,87 @@ def test_markdown_shows_every_target_and_the_plan() -> None:
     assert "| vs naive at 0 ms | 2.5x | >= 4x | **no** |" in page
     assert "Index Scan using ix_members_due" in page
     assert "![members/s against MX latency and concurrency](results.png)" in page
+
+
+# --- `reauth serve` (python -m bench serve) -------------------------------------------------------
+
+
+def _serve() -> dict[str, Any]:
+    cpu = {"server": 1.5, "postgres": 0.3, "loadgen": 0.4, "sandbox": 0.0, "other": 0.1}
+
+    def get(target: str, per_s: float) -> dict[str, Any]:
+        return {
+            "kind": "get", "target": target, "concurrency": 32, "per_s": per_s,
+            "p50_ms": 10.0, "p99_ms": 20.0, "statuses": {"200": 1000}, "body_bytes": 3700,
+            "cpu_ms": cpu,
+        }  # fmt: skip
+
+    def post(rate: float, own_p50: float, own_p99: float, not_303: int = 0) -> dict[str, Any]:
+        return {
+            "kind": "post", "rate": rate, "latency_s": 0.1, "requests": int(rate * 10),
+            "not_303": not_303, "seconds": 10.1, "total_p50_ms": 104.0, "total_p99_ms": 130.0,
+            "mx_p50_ms": 101.0, "mx_p99_ms": 110.0, "own_p50_ms": own_p50,
+            "own_p99_ms": own_p99, "minus_configured_p50_ms": 4.0,
+            "minus_configured_p99_ms": 30.0, "cpu_ms": cpu,
+        }  # fmt: skip
+
+    def mode(name: str, calls: int) -> dict[str, Any]:
+        return {
+            "kind": "link_mode", "mode": name, "members": 200, "scan_mx_uri_calls": calls,
+            "scan_mx_calls_per_member": calls / 200, "with_oauth_window_uri": calls,
+            "with_reconnect_url": 200,
+        }  # fmt: skip
+
+    return {
+        "command": "uv run python -m bench serve",
+        "finished_at": "2026-01-01 00:00 UTC",
+        "duration_s": 120.0,
+        "config": {"seconds": 10.0, "concurrency": 32, "links": 3600},
+        "environment": {"cpus": 2, "python": "3.11", "postgres": "15", "redis": "7"},
+        "rows": [
+            mode("both", 200),
+            mode("reconnect", 0),
+            get("baseline", 4000.0),
+            get("page", 1600.0),
+            post(50.0, 2.0, 9.0),
+            post(200.0, 3.0, 26.0),
+        ],
+    }
+
+
+def test_post_summary_subtracts_the_recorded_mx_call_per_press() -> None:
+    samples = [{"status": 303, "total_ms": 104.0 + i, "mx_ms": 101.0} for i in range(100)] + [
+        {"status": 503, "total_ms": 5.0, "mx_ms": None}
+    ]
+    s = report.post_summary(samples, 100.0)
+    assert s["answered_303"] == 100
+    assert s["not_303"] == 1
+    assert s["own_p50_ms"] == 52.0  # 104 + 49 - 101
+    assert s["own_p99_ms"] == 101.0  # 104 + 98 - 101
+    assert s["minus_configured_p50_ms"] == 53.0
+    assert report.percentile([], 50) is None
+
+
+def test_serve_targets_are_judged_at_the_highest_rate() -> None:
+    verdicts = {t["target"]: t["met"] for t in report.serve_targets(_serve())}
+    assert verdicts == {
+        "GET reconnect page": True,
+        "POST own time p50 (200/s, MX 100 ms)": True,
+        "POST own time p99 (200/s, MX 100 ms)": False,  # 26 ms
+    }
+
+
+def test_serve_section_is_added_to_the_page_and_kept_alone() -> None:
+    results = _results()
+    serve = _serve()
+    serve["targets"] = report.serve_targets(serve)
+    results["serve"] = serve
+    page = report.markdown(results)
+    assert page.startswith("# Benchmark results")
+    assert "## `reauth serve`: reconnect links under load" in page
+    assert "| page | 1,600.0 | 0.40 |" in page
+    assert "| both | 200 | 1.0 | 200 | 200 |" in page
+    assert "| reconnect | 0 | 0.0 | 0 | 200 |" in page
+    alone = report.markdown({"serve": serve})
+    assert "## `reauth serve`" in alone
+    assert "## Targets" not in alone
