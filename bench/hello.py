@@ -1,5 +1,5 @@
 """The serve benchmark's baseline: a trivial Starlette app on the same uvicorn configuration as
-``reauth serve`` (worker.web.server.uvicorn_config: uvloop and httptools when installed, no
+``reauth serve`` (worker.serving.uvicorn_config: uvloop and httptools when installed, no
 access log), in its own process::
 
     python -m bench.hello PORT
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from worker.web.server import uvicorn_config
+from worker.serving import uvicorn_config
 
 PAGE = "<!doctype html><title>hello</title><p>hello</p>\n"
 
