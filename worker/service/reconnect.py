@@ -79,6 +79,8 @@ class LinkView:
     skip_aggregation: bool
     #: The episode this link was sent for is still open.
     open: bool
+    #: Presses in the last hour that asked MX for a URI (the per-member limit).
+    recent_clicks: int = 0
 
     @property
     def target(self) -> Target:
@@ -99,32 +101,31 @@ class Minted:
 
 
 def open_link(rt: Runtime, token: str, now: datetime) -> LinkView:
-    """The page's data, or :class:`LinkNotFound` / :class:`LinkExpired`. Reads only."""
+    """The page's data, or :class:`LinkNotFound` / :class:`LinkExpired`. One read, no write."""
     try:
         parsed = tokens.verify(tokens.RECONNECT, token, rt.settings.reconnect_keys, now)
     except tokens.TokenExpired:
         raise LinkExpired("link expired") from None
     except tokens.TokenError:
         raise LinkNotFound("no such link") from None
-    with session_scope(rt.sessions) as s:
-        found = clicks.link_target(s, parsed.id)
-        if found is None:
-            raise LinkNotFound("no such link")
-        note, m = found
-        payload = note.payload
-        episode = int(payload.get("episode", 0))
-        return LinkView(
-            notification_id=note.id,
-            member_id=m.id,
-            member_guid=m.member_guid,
-            user_guid=m.user_guid,
-            user_id=m.user_id,
-            institution=m.institution_name or m.institution_code,
-            reason=str(payload.get("reason", "")),
-            episode=episode,
-            skip_aggregation=bool((note.link_params or payload).get("skip_aggregation", False)),
-            open=State(m.reauth_state) in IN_EPISODE and m.episode == episode,
-        )
+    row = clicks.link_facts(rt.engine, parsed.id, now - timedelta(hours=1))
+    if row is None:
+        raise LinkNotFound("no such link")
+    payload = row.payload
+    episode = int(payload.get("episode", 0))
+    return LinkView(
+        notification_id=row.notification_id,
+        member_id=row.member_id,
+        member_guid=row.member_guid,
+        user_guid=row.user_guid,
+        user_id=row.user_id,
+        institution=row.institution_name or row.institution_code,
+        reason=str(payload.get("reason", "")),
+        episode=episode,
+        skip_aggregation=bool((row.link_params or payload).get("skip_aggregation", False)),
+        open=State(row.reauth_state) in IN_EPISODE and row.episode == episode,
+        recent_clicks=int(row.recent_clicks or 0),
+    )
 
 
 def _record_click(rt: Runtime, view: LinkView, outcome: str, now: datetime) -> uuid.UUID:
@@ -136,11 +137,9 @@ def _record_click(rt: Runtime, view: LinkView, outcome: str, now: datetime) -> u
     return click_id
 
 
-def allowed_to_mint(rt: Runtime, view: LinkView, now: datetime) -> bool:
-    """The per-member click limit (REAUTH_RECONNECT_CLICKS_PER_HOUR)."""
-    with session_scope(rt.sessions) as s:
-        used = clicks.count_since(s, view.member_id, now - timedelta(hours=1))
-    return used < rt.settings.reconnect_clicks_per_hour
+def allowed_to_mint(rt: Runtime, view: LinkView) -> bool:
+    """The per-member click limit (REAUTH_RECONNECT_CLICKS_PER_HOUR), from the page's read."""
+    return view.recent_clicks < rt.settings.reconnect_clicks_per_hour
 
 
 async def ask_mx(rt: Runtime, view: LinkView) -> OAuthWindow:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, Row, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models import Click, Member, Notification
+from worker.store.db import storage_error
 
 
 def link_target(session: Session, notification_id: uuid.UUID) -> tuple[Notification, Member] | None:
@@ -21,6 +24,51 @@ def link_target(session: Session, notification_id: uuid.UUID) -> tuple[Notificat
     return (row[0], row[1]) if row is not None else None
 
 
+def link_facts(
+    engine: Engine, notification_id: uuid.UUID, clicks_since: datetime
+) -> Row[Any] | None:
+    """What a reconnect page needs, in one read on a plain connection (no ORM objects, no
+    commit: the page is the hot path of ``reauth serve``): the notification's payload and link
+    parameters, its member, and how many presses asked MX for a URI since ``clicks_since``."""
+    recent = (
+        select(func.count())
+        .select_from(Click)
+        .where(
+            Click.member_id == Member.id,
+            Click.created_at >= clicks_since,
+            Click.outcome.in_(MINTING),
+        )
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            Notification.id.label("notification_id"),
+            Notification.payload,
+            Notification.link_params,
+            Member.id.label("member_id"),
+            Member.member_guid,
+            Member.user_guid,
+            Member.user_id,
+            Member.institution_code,
+            Member.institution_name,
+            Member.reauth_state,
+            Member.episode,
+            recent.label("recent_clicks"),
+        )
+        .join(Member, Member.id == Notification.member_id)
+        .where(Notification.id == notification_id)
+    )
+    try:
+        with engine.connect() as conn:
+            return conn.execute(stmt).first()
+    except DBAPIError as exc:
+        raise storage_error(exc) from exc
+
+
+#: Click outcomes that asked MX for a URI (they count against the per-member limit).
+MINTING = ("minted", "mx_error", "refused")
+
+
 def count_since(session: Session, member_id: int, since: datetime) -> int:
     """Clicks that asked MX for a URI for ``member_id`` since ``since`` (the per-member limit)."""
     stmt = (
@@ -29,7 +77,7 @@ def count_since(session: Session, member_id: int, since: datetime) -> int:
         .where(
             Click.member_id == member_id,
             Click.created_at >= since,
-            Click.outcome.in_(("minted", "mx_error", "refused")),
+            Click.outcome.in_(MINTING),
         )
     )
     return int(session.scalar(stmt) or 0)

@@ -156,7 +156,7 @@ class ReconnectApp:
         if not found.open:
             await run_in_threadpool(reconnect.record_closed, self.rt, found, now, "closed")
             return self.closed(found.institution, json=wants_json)
-        if not await run_in_threadpool(reconnect.allowed_to_mint, self.rt, found, now):
+        if not reconnect.allowed_to_mint(self.rt, found):
             await run_in_threadpool(reconnect.record_closed, self.rt, found, now, "rate_limited")
             return self.message(
                 429, "Too many tries", "Please wait a while before trying again.", json=wants_json
