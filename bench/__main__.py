@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -22,8 +21,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from bench import infra, report, runs
 
@@ -88,22 +85,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def environment(db_url: str) -> dict[str, Any]:
-    r = infra.redis_client()
-    try:
-        redis_version = r.info("server")["redis_version"]
-    finally:
-        r.close()
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "postgres": infra.scalar(db_url, "SHOW server_version"),
-        "redis": redis_version,
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
@@ -145,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"logs in {logs}", flush=True)
     db_url = infra.fresh_database()
     infra.flush_redis()
-    env = environment(db_url)
+    env = infra.environment(db_url)
     # The naive baseline caches Nexus sessions per process; few users keep session set-up
     # (two extra MX calls per user per process) a small share of its calls, as in the pipeline.
     naive_users = max(1, args.naive_sample // 100)

@@ -442,3 +442,31 @@ def wait_stream(
         return n, time.perf_counter()
     finally:
         r.close()
+
+
+def environment(db_url: str, *, packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The machine and service versions a benchmark ran on (and ``packages``' versions)."""
+    import importlib.metadata as md
+    import platform
+
+    import psutil
+
+    r = redis_client()
+    try:
+        redis_version = r.info("server")["redis_version"]
+    finally:
+        r.close()
+    env: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "postgres": scalar(db_url, "SHOW server_version"),
+        "redis": redis_version,
+    }
+    for name in packages:
+        try:
+            env[name] = md.version(name)
+        except md.PackageNotFoundError:
+            env[name] = None
+    return env

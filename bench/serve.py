@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -397,34 +396,6 @@ def post_run(
     return row
 
 
-def environment(db_url: str) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    r = infra.redis_client()
-    try:
-        redis_version = r.info("server")["redis_version"]
-    finally:
-        r.close()
-
-    def version(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "postgres": infra.scalar(db_url, "SHOW server_version"),
-        "redis": redis_version,
-        "uvicorn": version("uvicorn"),
-        "starlette": version("starlette"),
-        "uvloop": version("uvloop"),
-        "httptools": version("httptools"),
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     from worker.logging import configure_logging
@@ -437,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     n_links = int(sum(args.rates) * (args.seconds + 1)) + 100
     db_url = infra.fresh_database()
     infra.flush_redis()
-    env_info = environment(db_url)
+    env_info = infra.environment(db_url, packages=("uvicorn", "starlette", "uvloop", "httptools"))
     env_info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     try:
         with infra.sandbox_process(0.0, logs / "sandbox.log") as sb:

@@ -167,3 +167,16 @@ def skip_aggregation_value(skip: bool) -> str:
     """``skip_aggregation`` as query text (Nexus documents a string, Platform a boolean: in a
     query string both are these bytes)."""
     return "true" if skip else "false"
+
+
+class StandardBodies:
+    """The response reading every dialect so far shares: ``{"member": {...}}`` bodies for both
+    the OAuth window and the member's state. A version that answers otherwise overrides it."""
+
+    def window_fields(self, doc: Mapping[str, Any], *, what: str, status: int) -> WindowFields:
+        return read_window(doc, what=what, status=status)
+
+    def member_state(
+        self, doc: Mapping[str, Any], *, asked: str, read_at: datetime, what: str, status: int
+    ) -> MemberState:
+        return read_member_state(doc, asked=asked, read_at=read_at, what=what, status=status)

@@ -12,23 +12,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from worker.mx import params as P
 from worker.mx.api.base import (
     Auth,
     Call,
-    WindowFields,
-    read_member_state,
-    read_window,
+    StandardBodies,
     skip_aggregation_value,
 )
 from worker.mx.health import SCOPE_NEXUS
 from worker.mx.responses import is_session_expired
-from worker.mx.types import MemberRequest, MemberState, OAuthRequest
+from worker.mx.types import MemberRequest, OAuthRequest
 
 _HEADERS = {"Accept": P.NEXUS_MEDIA_TYPE, "Content-Type": P.NEXUS_MEDIA_TYPE}
 
@@ -61,7 +57,7 @@ class SessionFlow:
         return is_session_expired(status, doc)
 
 
-class NexusDialect:
+class NexusDialect(StandardBodies):
     name = "nexus"
     auth = Auth.SESSION
     health_scope = SCOPE_NEXUS
@@ -98,11 +94,3 @@ class NexusDialect:
             _HEADERS,
             f"Nexus member {request.member_guid}",
         )
-
-    def window_fields(self, doc: Mapping[str, Any], *, what: str, status: int) -> WindowFields:
-        return read_window(doc, what=what, status=status)
-
-    def member_state(
-        self, doc: Mapping[str, Any], *, asked: str, read_at: datetime, what: str, status: int
-    ) -> MemberState:
-        return read_member_state(doc, asked=asked, read_at=read_at, what=what, status=status)

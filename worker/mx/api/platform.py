@@ -11,24 +11,18 @@ user, the same query parameters and answers. A version module supplies its media
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
-
 from worker.mx import params as P
 from worker.mx.api.base import (
     Auth,
     Call,
-    WindowFields,
-    read_member_state,
-    read_window,
+    StandardBodies,
     skip_aggregation_value,
 )
 from worker.mx.health import SCOPE_PLATFORM
-from worker.mx.types import MemberRequest, MemberState, OAuthRequest
+from worker.mx.types import MemberRequest, OAuthRequest
 
 
-class PlatformDialect:
+class PlatformDialect(StandardBodies):
     """One Platform API version. Subclasses (one module each) set the class attributes."""
 
     #: ``Accept-Version`` value.
@@ -92,11 +86,3 @@ class PlatformDialect:
             self._headers,
             f"Platform {self.version} member status {request.member_guid}",
         )
-
-    def window_fields(self, doc: Mapping[str, Any], *, what: str, status: int) -> WindowFields:
-        return read_window(doc, what=what, status=status)
-
-    def member_state(
-        self, doc: Mapping[str, Any], *, asked: str, read_at: datetime, what: str, status: int
-    ) -> MemberState:
-        return read_member_state(doc, asked=asked, read_at=read_at, what=what, status=status)
