@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 import redis
 from notify_helpers import NOW, Receiver, RecordingSink, get_row, oauth_uri
+from notify_helpers import add_for_user as add
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from models import Member, Notification
 from worker.config import Settings
-from worker.core.contract import build_message, group_id, idempotency_key
+from worker.core.contract import group_id, idempotency_key
 from worker.errors import SinkPermanentError, SinkTransientError
 from worker.notify.relay import RelayResult, deliver_batch
 from worker.notify.sinks import DeliveryResult, FileSink, Message, RedisStreamSink
@@ -52,54 +53,6 @@ def settings(db_url: str, settings_for: Callable[..., Settings]) -> Settings:
         backoff_base=timedelta(seconds=10),
         backoff_cap=timedelta(minutes=1),
     )
-
-
-def add(
-    sessions: sessionmaker[Session],
-    member_guid: str,
-    *,
-    user: str = "USR-1",
-    due: datetime = NOW,
-    generated_at: datetime | None = None,
-    reminder: int = 0,
-) -> uuid.UUID:
-    """A member of ``user`` and its pending notification, due (created) at ``due``."""
-    nid = uuid.uuid4()
-    with session_scope(sessions) as s:
-        member = s.scalar(select(Member).where(Member.member_guid == member_guid))
-        if member is None:
-            member = Member(
-                member_guid=member_guid,
-                user_guid=user,
-                institution_code=f"bank-{member_guid}",
-                is_oauth=True,
-                episode=1,
-            )
-            s.add(member)
-            s.flush()
-        payload = build_message(
-            notification_id=nid,
-            user_guid=user,
-            member_guid=member_guid,
-            institution_code=member.institution_code,
-            reason="revoked",
-            oauth_window_uri=oauth_uri(f"{member_guid}-{reminder}"),
-            generated_at=generated_at or due,
-            episode=1,
-            reminder=reminder,
-            skip_aggregation=False,
-            channel="BROWSER",
-        )
-        s.add(
-            Notification(
-                id=nid,
-                idempotency_key=idempotency_key(member_guid, 1, reminder),
-                member_id=member.id,
-                payload=payload,
-                created_at=due,
-            )
-        )
-    return nid
 
 
 def relay(
