@@ -178,7 +178,7 @@ def _deliver(sink: Sink, messages: list[dict[str, Any]], log: Log) -> list[Deliv
     return results
 
 
-def _form_groups(batch: Sequence[Claimed], settings: Settings) -> list[Group]:
+def _form_groups(batch: Sequence[Claimed], settings: Settings, now: datetime) -> list[Group]:
     if settings.notify_grouping is NotifyGrouping.MEMBER:
         return grouping.singles(c.id for c in batch)
     return grouping.form_groups(
@@ -186,7 +186,7 @@ def _form_groups(batch: Sequence[Claimed], settings: Settings) -> list[Group]:
             id=c.id,
             user_guid=c.user_guid,
             idempotency_key=c.idempotency_key,
-            created_at=c.created_at or datetime.min,
+            created_at=c.created_at if c.created_at is not None else now,  # always read here
             group_id=c.group_id,
         )
         for c in batch
@@ -277,7 +277,7 @@ def deliver_batch(
     if not batch:
         return result
 
-    groups = _form_groups(batch, settings)
+    groups = _form_groups(batch, settings, now)
     stale = {c.id for c in batch if is_stale(c.payload, now, settings.link_max_age)}
     if stale:
         # Delivering a link that may be dead is worse than delivering it late; a group waits
