@@ -201,10 +201,8 @@ def _store_new_groups(
     new = [g for g in groups if g.new]
     if not new:
         return groups
-    kept: set[uuid.UUID] = set()
     with session_scope(sessions) as session:
-        for group in new:
-            kept |= notifications.assign_group(session, group.rows, group.id, owner)
+        kept = notifications.assign_groups(session, {g.id: g.rows for g in new}, owner)
     stored = [
         replace(g, rows=tuple(r for r in g.rows if r in kept), new=False) if g.new else g
         for g in groups

@@ -8,12 +8,12 @@ marked sent, retried or dead. Never commits.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -244,21 +244,42 @@ def _within(counted: Sequence[Any], limit: int) -> dict[Any, int]:
     return chosen
 
 
-def assign_group(
-    session: Session, ids: Iterable[uuid.UUID], group_id: uuid.UUID, owner: str
+def assign_groups(
+    session: Session, groups: Mapping[uuid.UUID, Sequence[uuid.UUID]], owner: str
 ) -> set[uuid.UUID]:
-    """Store a newly formed group's id on its rows that ``owner`` still holds (before their
-    first delivery); returns those rows. A row canceled meanwhile is not in it."""
-    ids = list(ids)
-    if not ids:
+    """Store newly formed groups' ids (group id → its row ids) on the rows ``owner`` still holds,
+    before their first delivery; returns those rows. A row canceled meanwhile is not in its
+    group.
+
+    One executemany (pipelined by psycopg) and one read, instead of a statement per group.
+    """
+    params = [
+        {"row_id": rid, "new_group": gid, "owner": owner}
+        for gid, rids in groups.items()
+        for rid in rids
+    ]
+    if not params:
         return set()
+    table = cast(Table, Notification.__table__)  # a mapped class's table
+    session.execute(
+        update(table)
+        .where(
+            table.c.id == bindparam("row_id"),
+            table.c.claim_owner == bindparam("owner"),
+            table.c.status == NS.PENDING,
+        )
+        .values(group_id=bindparam("new_group")),
+        params,
+    )
+    # Rows ``owner`` holds had no group when claimed, and nobody else writes one meanwhile.
     return set(
         session.scalars(
-            update(N)
-            .where(N.id.in_(ids), N.claim_owner == owner, N.status == NS.PENDING)
-            .values(group_id=group_id)
-            .returning(N.id)
-            .execution_options(synchronize_session=False)
+            select(N.id).where(
+                N.id.in_([p["row_id"] for p in params]),
+                N.claim_owner == owner,
+                N.status == NS.PENDING,
+                N.group_id.is_not(None),
+            )
         )
     )
 
