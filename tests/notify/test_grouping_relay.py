@@ -190,6 +190,30 @@ def test_a_backlog_goes_out_at_once_in_one_message_per_user(
     assert listed(sink.delivered[0]) == ["MBR-a", "MBR-b"]
 
 
+def test_a_batch_never_splits_a_person_and_a_full_batch_says_so(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """The batch limit counts rows, but a person's rows stay together: the last person may take
+    the batch over the limit, so a full batch claims at least the limit (the delivery loop then
+    goes on draining) and never part of a person."""
+    for user in ("USR-1", "USR-2", "USR-3"):
+        for k in range(3):
+            add(sessions, f"MBR-{user}-{k}", user=user, due=NOW + timedelta(seconds=int(user[-1])))
+    sink = RecordingSink()
+    later = NOW + WINDOW + timedelta(seconds=3)
+
+    first = deliver_batch(
+        settings=settings, sessions=sessions, sink=sink, now=later, owner="r", limit=4
+    )
+    second = deliver_batch(
+        settings=settings, sessions=sessions, sink=sink, now=later, owner="r", limit=4
+    )
+
+    assert (first.claimed, first.messages, second.claimed, second.messages) == (6, 2, 3, 1)
+    assert [m["user_guid"] for m in sink.delivered] == ["USR-1", "USR-2", "USR-3"]
+    assert all(len(m["members"]) == 3 for m in sink.delivered)
+
+
 def test_member_grouping_keeps_one_message_per_row(
     db_url: str, sessions: sessionmaker[Session], settings_for: Callable[..., Settings]
 ) -> None:

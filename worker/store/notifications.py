@@ -131,8 +131,9 @@ def claim_due_groups(
     limit: int,
     cutoff: datetime,
 ) -> list[Claimed]:
-    """``user`` grouping: lease whole groups of due rows, about ``limit`` rows (at least one
-    group), oldest first (:mod:`worker.core.grouping` has the rules).
+    """``user`` grouping: lease whole groups of due rows, oldest first, until ``limit`` rows are
+    reached (the last group may go over it: a group is never split). :mod:`worker.core.grouping`
+    has the rules.
 
     1. Rows already in a group (a retry, or a redelivery after a crash) are taken a whole group
        at a time, once every pending row of the group is due and free, so a group never goes
@@ -233,11 +234,13 @@ def claim_due_groups(
 
 
 def _within(counted: Sequence[Any], limit: int) -> dict[Any, int]:
-    """The leading (key, row count) pairs whose rows fit in ``limit`` (always the first)."""
+    """The leading (key, row count) pairs until ``limit`` rows are reached: the last may go
+    over it, since a group is never split. A full batch therefore claims at least ``limit``
+    rows, which is how the delivery loop knows to go on draining."""
     chosen: dict[Any, int] = {}
     total = 0
     for key, n in counted:
-        if chosen and total + n > limit:
+        if total >= limit:
             break
         chosen[key] = n
         total += n
