@@ -231,6 +231,7 @@ def regenerate_batch(
             locks.pause_mx(
                 s, until=clock() + rt.settings.backoff_base, why=result.configuration_error
             )
+        metrics.MX_PAUSED.set(1)  # at once; the next scan reads the pause (and its end) again
         log.error(
             "mx_configuration_error",
             error=result.configuration_error,
