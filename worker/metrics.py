@@ -59,6 +59,13 @@ SCAN_DURATION = Histogram("reauth_scan_duration_seconds", "Duration of scans")
 #: Notifications delivered, retried or dead.
 NOTIFICATIONS = Counter("reauth_notifications_total", "Outbox deliveries by result", ["result"])
 
+#: Presses of Reconnect on the reconnect pages, by what was decided: minted (303 to MX), closed
+#: (episode already over), rate_limited (click limit), mx_error (MX failed), expired (token too
+#: old), not_found (unknown or invalid token), forbidden (not from our page).
+RECONNECT_CLICKS = Counter(
+    "reauth_reconnect_clicks_total", "Reconnect presses by outcome", ["outcome"]
+)
+
 #: MX webhooks received, by type and outcome (pending, duplicate, rejected, ignored,
 #: unauthorized, forbidden, too_large).
 WEBHOOKS_RECEIVED = Counter(
@@ -67,14 +74,8 @@ WEBHOOKS_RECEIVED = Counter(
 #: Webhook events applied, by result (applied, ignored, retried, failed).
 WEBHOOKS_APPLIED = Counter("reauth_webhooks_applied_total", "MX webhook events applied", ["result"])
 
-
-#: Presses of Reconnect on the reconnect pages, by what was decided: minted (303 to MX), closed
-#: (episode already over), rate_limited (click limit), mx_error (MX failed), expired (token too
-#: old), not_found (unknown or invalid token), forbidden (not from our page).
-RECONNECT_CLICKS = Counter(
-    "reauth_reconnect_clicks_total", "Reconnect presses by outcome", ["outcome"]
-)
-#: Funnel events recorded, by stage, reason and channel (no institution: cardinality).
+#: Funnel events (docs/FUNNEL.md), counted after the transaction recording them commits. No
+#: institution label (cardinality): the worst institutions come from `reauth report`.
 FUNNEL_EVENTS = Counter(
     "reauth_funnel_events_total", "Funnel events recorded, by stage", ["stage", "reason", "channel"]
 )
