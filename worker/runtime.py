@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker import tracing
 from worker.config import Settings
 from worker.core.policy import PolicyConfig
 from worker.store.db import make_engine, session_factory
@@ -68,6 +69,7 @@ class Runtime:
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = make_engine(self.settings.database_url)
+            tracing.instrument_engine(self._engine)  # no-op unless tracing is on
         return self._engine
 
     @property
@@ -98,6 +100,10 @@ class Runtime:
             from worker.notify.sinks import build_sink
 
             self._sink = build_sink(self.settings)
+            if tracing.enabled():
+                from worker.notify.traced import TracedSink
+
+                self._sink = TracedSink(self._sink)
         return self._sink
 
     @property
