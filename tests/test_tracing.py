@@ -15,7 +15,11 @@ from typing import Any
 import pytest
 
 from tests.pipeline_helpers import cli
+from tests.web.test_webhooks import _member as webhook_member
+from tests.web.test_webhooks import _serve as webhook_hooks
+from tests.web.test_webhooks import _status as webhook_status
 from worker import tracing
+from worker.sandbox.server import RunningSandbox
 
 # The otel extra; CI has it through the dev group. Skipped only where truly absent.
 pytest.importorskip("opentelemetry.sdk", reason="reauth[otel] is not installed")
@@ -132,3 +136,25 @@ def test_nothing_imports_opentelemetry_when_off(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_webhook_path_intake_then_apply_then_regenerate(
+    spans: InMemorySpanExporter, db_url: str, sandbox: RunningSandbox
+) -> None:
+    """A webhook's path: the intake span on the web app; the apply job, under it the member's
+    batch (trigger webhook) with its MX call. (Here the apply job runs inline after the POST;
+    through Celery its span would continue the intake's trace.)"""
+    for hooks in webhook_hooks(db_url, sandbox):
+        webhook_member(hooks.rt, "MBR-hook")
+        hooks.sandbox.sandbox.set_member_state("MBR-hook", connection_status="DENIED")
+        assert hooks.post(webhook_status("MBR-hook")).status_code == 204
+    found = list(spans.get_finished_spans())
+    intake = _one(found, "reauth.webhook.intake")
+    assert (intake.attributes or {})["reauth.webhook_type"] == "ANY"
+    apply = _one(found, "reauth.apply_webhooks")
+    regen = _one(found, "reauth.regenerate")
+    assert _parent(regen) == _id(apply)
+    assert (regen.attributes or {})["reauth.trigger"] == "webhook"
+    (call,) = [s for s in found if s.name == "reauth.mx_call"]
+    assert _parent(call) == _id(regen)  # not the runtime's first task's span
+    assert [s for s in found if _parent(s) == _id(call)], "no httpx span under the MX call"

@@ -13,6 +13,7 @@ runtime with them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ class Runtime:
         with self._lock:
             if self._runner is None:
                 self._runner = asyncio.Runner(loop_factory=loop_factory())
-            return self._runner.run(coro)
+            # The caller's context, not the one the runner captured on its first run: a span (or
+            # log context) current here must be the coroutine's, not the first task's.
+            return self._runner.run(coro, context=contextvars.copy_context())
 
     @property
     def mx(self) -> MxClient:
