@@ -390,6 +390,11 @@ def backlog(session: Session) -> int:
     )
 
 
+def oldest_pending_at(session: Session) -> datetime | None:
+    """When the oldest notification still pending was written (None: nothing pending)."""
+    return session.scalar(select(func.min(N.created_at)).where(N.status == NS.PENDING))
+
+
 def counts_by_status(session: Session) -> dict[str, int]:
     found = dict(session.execute(select(N.status, func.count()).group_by(N.status)).all())
     return {s.value: int(found.get(s.value, 0)) for s in NS}
