@@ -47,6 +47,18 @@ WEBHOOKS_RECEIVED = Counter(
 #: Webhook events applied, by result (applied, ignored, retried, failed).
 WEBHOOKS_APPLIED = Counter("reauth_webhooks_applied_total", "MX webhook events applied", ["result"])
 
+#: Funnel events (docs/FUNNEL.md), counted after the transaction recording them commits. No
+#: institution label (cardinality): the worst institutions come from `reauth report`.
+FUNNEL_EVENTS = Counter(
+    "reauth_funnel_events_total", "Funnel events recorded, by stage", ["stage", "reason", "channel"]
+)
+
+
+def count_funnel(recorded: list[tuple[str, str, str]]) -> None:
+    """Count committed funnel events: (stage, reason, channel) triples."""
+    for stage, reason, channel in recorded:
+        FUNNEL_EVENTS.labels(stage=stage, reason=reason, channel=channel).inc()
+
 
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0 picks none)."""

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
+from worker.core.funnel import How
 from worker.core.policy import (
     CONNECTION_STATUSES,
     OAUTH_ERROR_REASONS,
@@ -435,5 +436,5 @@ def upsert(
             else:
                 members.make_due(m, now)
         session.flush()
-        result.episodes_closed += decisions.apply(session, changes, now=now)
+        result.episodes_closed += decisions.apply(session, changes, now=now, how=How.IMPORT)
     return result
