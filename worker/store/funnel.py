@@ -159,15 +159,21 @@ E = Episode
 
 
 def _key(by: By | None) -> Any:
+    """The grouping column (raw: a bound COALESCE would differ between SELECT and GROUP BY on
+    PostgreSQL); NULL becomes "-" in Python."""
     if by is By.REASON:
-        return func.coalesce(E.reason, "-")
+        return E.reason
     if by is By.INSTITUTION:
-        return func.coalesce(E.institution_code, "-")
+        return E.institution_code
     if by is By.CHANNEL:
-        return func.coalesce(E.channel, "-")
+        return E.channel
     if by is By.REMINDER:
         return E.reminders_sent
     return literal("all")
+
+
+def _name(key: object) -> str:
+    return "-" if key is None else str(key)
 
 
 def group_counts(session: Session, since: datetime, by: By | None) -> list[GroupCounts]:
@@ -190,7 +196,7 @@ def group_counts(session: Session, since: datetime, by: By | None) -> list[Group
             continue
         out.append(
             GroupCounts(
-                key=str(m["key"]),
+                key=_name(m["key"]),
                 stages={stage.value: int(m[stage.value] or 0) for stage, _ in funnel.FUNNEL},
                 outcomes={o.value: int(m[f"o_{o.value}"] or 0) for o in funnel.Outcome},
             )
@@ -211,27 +217,27 @@ def reconnect_minutes(
     )
     out: dict[str, dict[int, int]] = {}
     for k, m, n in session.execute(query):
-        out.setdefault(str(k), {})[int(m)] = int(n)
+        out.setdefault(_name(k), {})[int(m)] = int(n)
     return out
 
 
 def converting_reminders(session: Session, since: datetime) -> dict[int, int]:
     """{reminder that preceded the reconnection: episodes} (0: reconnected before any)."""
     query = (
-        select(func.coalesce(E.converting_reminder, 0), func.count())
+        select(E.converting_reminder, func.count())
         .where(E.detected_at >= since, E.confirmed_at.is_not(None))
-        .group_by(func.coalesce(E.converting_reminder, 0))
+        .group_by(E.converting_reminder)
     )
-    return {int(r): int(n) for r, n in session.execute(query)}
+    return {int(r or 0): int(n) for r, n in session.execute(query)}
 
 
 def institution_rates(session: Session, since: datetime) -> list[InstitutionRate]:
     """Per institution: episodes where someone clicked, and those not confirmed reconnected."""
-    inst = func.coalesce(E.institution_code, "-")
+    inst = E.institution_code
     failed = func.sum(case((E.confirmed_at.is_(None), 1), else_=0))
     query = (
         select(inst, func.count(), failed)
         .where(E.detected_at >= since, E.clicked_at.is_not(None))
         .group_by(inst)
     )
-    return [InstitutionRate(str(i), int(n), int(f or 0)) for i, n, f in session.execute(query)]
+    return [InstitutionRate(_name(i), int(n), int(f or 0)) for i, n, f in session.execute(query)]
