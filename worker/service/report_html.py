@@ -7,6 +7,7 @@ every value from the data is escaped. Renders what :func:`worker.service.report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 from typing import Any
@@ -29,7 +30,8 @@ main{max-width:980px;margin:0 auto;padding:24px 20px 48px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 10px}
 .sub{color:#5b6474;margin:0 0 20px}
 .cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:12px 16px;min-width:150px}
+.card{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:12px 16px;flex:1;
+  min-width:120px}
 .card b{display:block;font-size:24px}.card span{color:#5b6474;font-size:13px}
 section{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:16px 18px;
   margin-top:16px}
@@ -37,6 +39,7 @@ section h2{margin-top:0}
 table{border-collapse:collapse;width:100%;font-size:14px}
 th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eceff3}
 th{color:#5b6474;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{white-space:nowrap}table+h2{margin-top:24px}
 .ok{color:#1a7f37}.bad{color:#b42318}.muted{color:#5b6474;font-size:13px}
 svg{display:block;max-width:100%;height:auto}
 """
@@ -56,7 +59,7 @@ def hours(value: object) -> str:
 
 def _funnel_svg(rows: Sequence[dict[str, Any]]) -> str:
     """Horizontal bars, one per stage: width ∝ count, labels with count and conversion."""
-    width, label_w, row_h, bar_max = 900, 190, 38, 430
+    width, label_w, row_h, bar_max = 900, 190, 38, 340
     top = max((int(r["count"]) for r in rows), default=0) or 1
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {row_h * len(rows) + 8}" '
@@ -82,6 +85,9 @@ def _funnel_svg(rows: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+_HOUR_STEPS = (0.25, 0.5, 1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720, 2160)
+
+
 def _curve_svg(points: Sequence[Sequence[float]]) -> str:
     """Cumulative share of detected episodes reconnected vs hours since detection (a step
     line), with axes and ticks."""
@@ -89,8 +95,12 @@ def _curve_svg(points: Sequence[Sequence[float]]) -> str:
     pw, ph = width - left - right, height - top - bottom
     if len(points) < 2:
         return '<p class="muted">No episode has been reconnected in this window yet.</p>'
-    max_x = max(float(p[0]) for p in points) or 1.0
-    max_y = min(1.0, max(0.05, max(float(p[1]) for p in points) * 1.15))
+    top_x = max(float(p[0]) for p in points) or 1.0
+    # Round axes: the x step is a familiar span of hours, the y axis ends on a multiple of 10%.
+    step = next((s for s in _HOUR_STEPS if top_x / s <= 8), _HOUR_STEPS[-1])
+    max_x = math.ceil(top_x / step) * step
+    ticks_x = int(max_x / step)
+    max_y = min(1.0, math.ceil(max(float(p[1]) for p in points) * 10 + 0.001) / 10)
 
     def sx(x: float) -> float:
         return left + pw * x / max_x
@@ -108,20 +118,21 @@ def _curve_svg(points: Sequence[Sequence[float]]) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
         'role="img" aria-label="Share of detected episodes reconnected by hours since detection">'
     ]
-    for i in range(5):
-        yv = max_y * i / 4
+    ticks_y = round(max_y * 10)
+    for i in range(ticks_y + 1):
+        yv = max_y * i / ticks_y
         yy = sy(yv)
         parts.append(
             f'<line x1="{left}" y1="{yy:.1f}" x2="{width - right}" y2="{yy:.1f}" '
             f'stroke="#eceff3"/><text x="{left - 8}" y="{yy + 4:.1f}" font-size="12" '
             f'text-anchor="end" fill="#5b6474">{yv * 100:.0f}%</text>'
         )
-    for i in range(6):
-        xv = max_x * i / 5
+    for i in range(ticks_x + 1):
+        xv = step * i
         xx = sx(xv)
         parts.append(
             f'<text x="{xx:.1f}" y="{height - bottom + 18}" font-size="12" text-anchor="middle" '
-            f'fill="#5b6474">{xv:.1f} h</text>'
+            f'fill="#5b6474">{xv:g} h</text>'
         )
     parts.append(
         f'<line x1="{left}" y1="{top + ph}" x2="{width - right}" y2="{top + ph}" stroke="#9aa3b2"/>'
