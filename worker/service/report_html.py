@@ -54,7 +54,11 @@ def pct(value: object) -> str:
 
 
 def hours(value: object) -> str:
-    return "-" if value is None else f"{float(str(value)):.1f} h"
+    """Hours for people: minutes under an hour."""
+    if value is None:
+        return "-"
+    h = float(str(value))
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
 
 
 def _funnel_svg(rows: Sequence[dict[str, Any]]) -> str:
