@@ -613,7 +613,9 @@ def funnel_markdown(funnel: dict[str, Any] | None) -> list[str]:
         f"`{funnel['command'].strip()}` on {funnel['date']} ({env['cpus']} CPUs, PostgreSQL "
         f"{env['postgres']}). {counts['episodes']:,} episodes and {counts['funnel_events']:,} "
         f"funnel events seeded with generate_series (seconds: {funnel['seed_s']}), detected over "
-        "400 days. Timed: `worker.service.report.build` (the four grouped queries on `episodes` "
+        "400 days in random order, so a window's rows lie scattered over the whole heap (the "
+        "worst case: in production rows arrive in detection order). Timed: "
+        "`worker.service.report.build` (the four grouped queries on `episodes` "
         "and the core's arithmetic), median of the runs. **Taken under shared load**: other "
         "engineers' tests and benchmarks ran on the same 2 cores (load average "
         f"{funnel['loadavg']['start']} at the start, {funnel['loadavg']['end']} at the end).",
