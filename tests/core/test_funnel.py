@@ -142,6 +142,18 @@ def test_gave_up_is_an_outcome_that_a_rerun_can_still_turn_into_a_reconnection()
     assert s.converting_reminder is None
 
 
+@pytest.mark.parametrize(
+    ("outcome", "aggregated_h", "counts"),
+    [("reconnected", 3.0, True), ("reconnected", -1.0, False), ("reconnected", None, False),
+     ("gave_up", 3.0, False), (None, 3.0, False)],
+)  # fmt: skip
+def test_aggregated_after_reconnect(
+    outcome: str | None, aggregated_h: float | None, counts: bool
+) -> None:
+    at = None if aggregated_h is None else _at(aggregated_h)
+    assert funnel.aggregated_after_reconnect(outcome, T0, at) is counts
+
+
 def test_conversion_and_percentiles() -> None:
     stages = {"detected": 200, "link": 190, "notified": 180, "clicked": 90, "opened": 60,
               "result": 60, "confirmed": 45, "aggregated": 0}  # fmt: skip

@@ -156,3 +156,37 @@ def test_the_pipeline_records_the_funnel(
     assert ep.link_at is not None
     assert ep.notified_at is not None
     assert ep.confirmed_at is not None
+    assert ep.aggregated_at is None
+    # MX's next export says it aggregated after the reconnection: the funnel's last stage.
+    aggregated_at = datetime.now(UTC)
+    f.write_text(
+        json.dumps(
+            {
+                **row,
+                "connection_status": "CONNECTED",
+                "successfully_aggregated_at": aggregated_at.isoformat(),
+            }
+        )
+        + "\n"
+    )
+    assert cli(capsys, "members", "import", str(f), "--json")[0] == 0
+    with engine.connect() as conn:
+        ep = conn.execute(select(Episode).where(Episode.member_id == mid)).one()
+        stages = list(conn.scalars(select(FunnelEvent.stage).where(FunnelEvent.member_id == mid)))
+    assert ep.aggregated_at == aggregated_at
+    assert stages.count("aggregated") == 1
+    # The same export again records nothing new.
+    f.write_text(
+        json.dumps(
+            {
+                **row,
+                "connection_status": "CONNECTED",
+                "successfully_aggregated_at": aggregated_at.isoformat(),
+            }
+        )
+        + "\n"
+    )
+    assert cli(capsys, "members", "import", str(f), "--json")[0] == 0
+    with engine.connect() as conn:
+        again = list(conn.scalars(select(FunnelEvent.stage).where(FunnelEvent.member_id == mid)))
+    assert again == stages

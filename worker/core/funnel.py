@@ -144,6 +144,20 @@ def change_events(
     return out
 
 
+def aggregated_after_reconnect(
+    outcome: str | None, detected_at: datetime, aggregated_at: datetime | None
+) -> bool:
+    """Whether MX's ``successfully_aggregated_at`` is the aggregation that followed this
+    episode's reconnection: the episode ended reconnected and MX aggregated after it was
+    detected (before detection the connection was already broken, so an aggregation then is
+    an old one)."""
+    return (
+        outcome == Outcome.RECONNECTED.value
+        and aggregated_at is not None
+        and aggregated_at > detected_at
+    )
+
+
 # --- the summary row ----------------------------------------------------------------------------
 
 

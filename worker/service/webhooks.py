@@ -35,7 +35,7 @@ from worker.core.policy import IN_EPISODE, State, Update, decide, ended_by_oauth
 from worker.errors import MemberNotFound, MxError
 from worker.mx import MemberRequest, MemberState
 from worker.runtime import Runtime
-from worker.store import decisions, inbox, leases, members
+from worker.store import decisions, funnel, inbox, leases, members
 from worker.store.db import session_scope
 
 log = structlog.get_logger(__name__)
@@ -296,12 +296,13 @@ def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
     snap = members.snapshot(m)
     decision = decide(snap, now, rt.policy)
     if isinstance(decision, Update):
-        ended = decisions.apply(
-            s,
-            [decisions.Change(m.id, snap.state, decision.fields, keep_last_error=True)],
-            now=now,
-            how=How.WEBHOOK,
-        )
+        # MX was read just now: a member it reports connected is a confirmed reconnection.
+        change = decisions.Change(
+            m.id, snap.state, decision.fields, keep_last_error=True,
+            confirmed=bool(state.is_connected),
+        )  # fmt: skip
+        ended = decisions.apply(s, [change], now=now, how=How.WEBHOOK)
+        funnel.aggregated(s, {m.id: m.successfully_aggregated_at})
         return _Outcome(inbox.APPLIED, f"{note}; {decision.note}", ended=ended)
     members.make_due(m, now)
     s.flush()

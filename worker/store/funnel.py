@@ -11,7 +11,7 @@ dropped on rollback. Never commits.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from worker.core.funnel import By, Event, GroupCounts, InstitutionRate, Stage, S
 #: session.info key of the (stage, reason, channel) triples recorded in this transaction.
 _PENDING = "funnel_recorded"
 _SUMMARY_FIELDS = [f.name for f in dataclasses.fields(Summary)]
+E = Episode
 
 Recorded = list[tuple[str, str, str]]
 
@@ -142,6 +143,27 @@ def notified(session: Session, rows: Sequence[tuple[int, dict[str, Any]]], now: 
     )
 
 
+def aggregated(session: Session, seen: Mapping[int, datetime | None]) -> int:
+    """Record AGGREGATED for reconnected episodes not yet aggregated, given what MX says each
+    member last aggregated successfully at (``{member_id: successfully_aggregated_at}``)."""
+    ids = sorted(mid for mid, at in seen.items() if at is not None)
+    if not ids:
+        return 0
+    rows = session.execute(
+        select(E.member_id, E.episode, E.outcome, E.detected_at).where(
+            E.member_id.in_(ids), E.outcome == funnel.Outcome.RECONNECTED.value,
+            E.aggregated_at.is_(None),
+        )
+    )  # fmt: skip
+    events = []
+    for mid, episode, outcome, detected_at in rows:
+        at = seen[mid]
+        if funnel.aggregated_after_reconnect(outcome, detected_at, at):
+            assert at is not None
+            events.append(Event(mid, episode, Stage.AGGREGATED, at))
+    return record(session, events)
+
+
 def path(session: Session, member_id: int) -> list[FunnelEvent]:
     """One member's funnel events in time order."""
     return list(
@@ -154,8 +176,6 @@ def path(session: Session, member_id: int) -> list[FunnelEvent]:
 
 
 # --- the report -------------------------------------------------------------------------------
-
-E = Episode
 
 
 def _key(by: By | None) -> Any:
