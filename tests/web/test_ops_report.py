@@ -111,3 +111,59 @@ def test_the_ops_listener_is_off_unless_port_and_both_credentials_are_set() -> N
         load_settings(ops_port=9100, ops_username=USER)
     with pytest.raises(ConfigError, match="REAUTH_OPS_PASSWORD: at least 12"):
         load_settings(ops_username=USER, ops_password="short")
+
+
+@pytest.mark.slow
+def test_reauth_serve_runs_both_listeners_and_stops_both(sqlite_url: str) -> None:
+    """`reauth serve` with REAUTH_OPS_*: the public port has no /ops/report, the ops port has
+    it behind Basic auth; SIGTERM stops the process (both servers)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.e2e.e2e_helpers import free_port
+    from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
+
+    root = Path(__file__).resolve().parents[2]
+    public, ops = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REAUTH_")}
+    env.update(
+        PYTHONPATH=str(root), REAUTH_DATABASE_URL=sqlite_url,
+        REAUTH_PUBLIC_URL=f"http://127.0.0.1:{public}", REAUTH_RECONNECT_SECRETS="s" * 40,
+        REAUTH_ALLOW_INSECURE_URLS="true", REAUTH_MX_CLIENT_ID=DEFAULT_CLIENT_ID,
+        REAUTH_MX_API_KEY=DEFAULT_API_KEY, REAUTH_OPS_PORT=str(ops),
+        REAUTH_OPS_USERNAME=USER, REAUTH_OPS_PASSWORD=PASSWORD,
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "serve", "--port", str(public)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with httpx.Client(timeout=5) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    http.get(f"http://127.0.0.1:{public}/healthz")
+                    http.get(f"http://127.0.0.1:{ops}/ops/report")
+                    break
+                except httpx.TransportError:
+                    assert proc.poll() is None, "reauth serve exited"
+                    assert time.monotonic() < deadline, "reauth serve did not start"
+                    time.sleep(0.2)
+            auth = _basic(USER, PASSWORD)
+            on_public = http.get(f"http://127.0.0.1:{public}/ops/report", headers=auth)
+            denied = http.get(f"http://127.0.0.1:{ops}/ops/report")
+            page = http.get(f"http://127.0.0.1:{ops}/ops/report", headers=auth)
+        assert on_public.status_code == 404
+        assert denied.status_code == 401
+        assert page.status_code == 200
+        assert "Re-authentication funnel" in page.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
