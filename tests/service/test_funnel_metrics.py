@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
-from models import Member
+from models import Episode, Member
 from worker.config import load_settings
 from worker.core.funnel import Event, Stage
 from worker.runtime import Runtime
@@ -55,3 +55,45 @@ def test_counted_after_commit_only(rt: Runtime) -> None:
         funnel.record(s, [Event(mid, 1, Stage.DETECTED, NOW, detail="revoked", how="scan")])
         assert _count() == before  # not yet: the transaction is open
     assert _count() == before + 1
+
+
+@pytest.mark.postgres
+def test_concurrent_writers_of_one_episode_lose_nothing(pg_url: str) -> None:
+    """The relay (notified) and a click on the same episode at once: the second waits for the
+    first's row lock and advances what it wrote, instead of overwriting it."""
+    import threading
+
+    rt = Runtime(load_settings(database_url=pg_url))
+    try:
+        with rt.engine.begin() as conn:
+            mid = conn.execute(
+                insert(Member).values(
+                    member_guid="MBR-race", user_guid="USR-race", institution_code="chase",
+                    is_oauth=True, channel="APP", is_being_aggregated=False,
+                    reauth_state="awaiting_user", episode=1, reminders_sent=1, attempts=0,
+                    created_at=NOW, updated_at=NOW,
+                ).returning(Member.id)
+            ).scalar_one()  # fmt: skip
+        with session_scope(rt.sessions) as s:
+            funnel.record(s, [Event(mid, 1, Stage.DETECTED, NOW, detail="revoked", how="scan")])
+        done = threading.Event()
+
+        def click() -> None:
+            with session_scope(rt.sessions) as s2:
+                funnel.record(s2, [Event(mid, 1, Stage.CLICKED, NOW)])
+            done.set()
+
+        with session_scope(rt.sessions) as s1:
+            funnel.record(s1, [Event(mid, 1, Stage.NOTIFIED, NOW, reminder=1)])
+            other = threading.Thread(target=click)
+            other.start()
+            assert not done.wait(1.0)  # blocked on our row lock
+        other.join(timeout=30)
+        assert done.is_set()
+        with rt.engine.connect() as conn:
+            row = conn.execute(select(Episode).where(Episode.member_id == mid)).one()
+        assert row.notified_at == NOW
+        assert row.clicked_at == NOW
+        assert row.reminders_sent == 1
+    finally:
+        rt.close()

@@ -58,11 +58,18 @@ def record(session: Session, events: Iterable[Event]) -> int:
     keys = {(e.member_id, e.episode) for e in events}
     ids = sorted({k[0] for k in keys})
     rows: dict[tuple[int, int], tuple[int | None, Summary]] = {}
-    for row in session.execute(
-        select(Episode).where(
-            Episode.member_id.in_(ids), Episode.episode.in_(sorted({k[1] for k in keys}))
-        )
-    ).scalars():
+    # Locked (in id order: no deadlock between two batches): the rows are read, advanced and
+    # written back whole, so a concurrent writer (the relay and a click on the same episode)
+    # must wait for this one rather than overwrite it with what it read before.
+    # Columns, not ORM objects: an identity map would hand back what an earlier record() in
+    # this session loaded, not what it wrote.
+    query = (
+        select(Episode.id, *(getattr(Episode, f) for f in _SUMMARY_FIELDS))
+        .where(Episode.member_id.in_(ids), Episode.episode.in_(sorted({k[1] for k in keys})))
+        .order_by(Episode.id)
+        .with_for_update()
+    )
+    for row in session.execute(query):
         if (row.member_id, row.episode) in keys:
             rows[(row.member_id, row.episode)] = (
                 row.id,
