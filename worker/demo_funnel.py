@@ -25,6 +25,7 @@ from worker.config import Settings
 from worker.runtime import Runtime
 from worker.service import report
 from worker.service.links import reconnect_url
+from worker.service.report_html import hours
 from worker.store import clicks, members, notifications
 from worker.store.db import session_scope
 
@@ -116,7 +117,7 @@ def describe(summary: dict[str, Any]) -> str:
     """One line for the demo's output."""
     f = summary["funnel"]
     t = summary["time_to_reconnect"]
-    p50 = "-" if t["p50_hours"] is None else f"{t['p50_hours'] * 60:.0f} min"
+    p50 = hours(t["p50_hours"])
     return (
         f"funnel: detected {f['detected']} → notified {f['notified']} → clicked {f['clicked']}"
         f" → OAuth result {f['result']} → reconnected {f['confirmed']} (median {p50}); "

@@ -58,6 +58,8 @@ def hours(value: object) -> str:
     if value is None:
         return "-"
     h = float(str(value))
+    if h * 60 < 1:
+        return "< 1 min"  # minute resolution: reconnected within the minute it was detected
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
 
 
