@@ -137,6 +137,8 @@ def test_gave_up_is_an_outcome_that_a_rerun_can_still_turn_into_a_reconnection()
     s = funnel.advance(_summary(), Event(1, 2, Stage.GAVE_UP, _at(1)))
     assert s.outcome == "gave_up"
     assert s.ended_at is None
+    # A rerun's new link reopens it.
+    assert funnel.advance(s, Event(1, 2, Stage.LINK, _at(2), reminder=1)).outcome is None
     s = funnel.advance(s, Event(1, 2, Stage.CONFIRMED, _at(5)))
     assert s.outcome == "reconnected"
     assert s.converting_reminder is None

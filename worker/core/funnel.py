@@ -213,7 +213,9 @@ def advance(s: Summary, e: Event) -> Summary:
     """
     stage = e.stage
     if stage is Stage.LINK:
-        return replace(s, link_at=_first(s.link_at, e.at))
+        # A new link after giving up: an operator's rerun revived the episode.
+        revived = s.outcome == Outcome.GAVE_UP.value and s.ended_at is None
+        return replace(s, link_at=_first(s.link_at, e.at), outcome=None if revived else s.outcome)
     if stage is Stage.NOTIFIED:
         return replace(
             s,
