@@ -41,7 +41,7 @@ def serve(
 
     from worker.runtime import Runtime
     from worker.serving import uvicorn_config
-    from worker.web.app import create_app
+    from worker.web.app import PING_IDLE_AFTER_S, create_app
     from worker.web.ops import create_ops_app
 
     settings = setup()
@@ -58,7 +58,7 @@ def serve(
 
         # One process: its own registry (clicks, webhook intake, MX calls of the presses).
         metrics.serve(settings.metrics_port)
-    rt = Runtime(settings)
+    rt = Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S)
     try:
         # No access log: request paths carry reconnect tokens.
         public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))

@@ -37,6 +37,10 @@ from worker.web import pages, webhooks
 
 log = structlog.get_logger(__name__)
 
+#: ``reauth serve`` pings a pooled database connection only after it sat idle this long, not on
+#: every checkout (a round trip per request otherwise; see store.db.make_engine).
+PING_IDLE_AFTER_S = 10.0
+
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
