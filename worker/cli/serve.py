@@ -4,6 +4,7 @@ ops credentials, the ops listener (``GET /ops/report``) on its own socket."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import typer
@@ -35,6 +36,14 @@ async def serve_all(servers: list[Any]) -> None:
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="Server processes sharing the port, each with its own runtime (database pool, MX "
+        "client); one per core. With REAUTH_METRICS_PORT, needs PROMETHEUS_MULTIPROC_DIR.",
+    ),
 ) -> None:
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
     import uvicorn
@@ -53,6 +62,9 @@ def serve(
     settings.require_mx_credentials()
     if settings.ops_enabled and settings.ops_port == port:
         raise ConfigError(f"REAUTH_OPS_PORT ({port}) must differ from the public --port")
+    if workers > 1:
+        serve_processes(settings, host, port, workers)
+        return
     if settings.metrics_port:
         from worker import metrics
 
@@ -73,3 +85,58 @@ def serve(
         asyncio.run(serve_all([public, ops]))
     finally:
         rt.close()
+
+
+#: What uvicorn imports in each process of ``reauth serve --workers N``.
+PROCESS_APP = "worker.cli.serve:process_app"
+
+
+def process_app() -> Any:
+    """The app of one process of ``reauth serve --workers N`` (uvicorn calls this in each process
+    it starts): settings and logging from the environment, its own runtime, closed at shutdown."""
+    from worker.runtime import Runtime
+    from worker.web.app import PING_IDLE_AFTER_S, create_app
+
+    settings = setup()
+    return create_app(Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S), close_runtime=True)
+
+
+def serve_processes(settings: Any, host: str, port: int, workers: int) -> None:
+    """``workers`` uvicorn processes accepting on one listening socket (bound here, inherited),
+    under uvicorn's supervisor, which restarts a process that dies and stops them all on
+    SIGINT/SIGTERM. This process serves /metrics (summed over the processes) and the ops
+    listener, if configured; it handles no public request."""
+    from uvicorn.supervisors import Multiprocess
+
+    from worker.runtime import Runtime
+    from worker.serving import serve_in_thread, uvicorn_config
+    from worker.web.ops import create_ops_app
+
+    if settings.metrics_port:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            raise ConfigError(
+                "REAUTH_METRICS_PORT with --workers needs PROMETHEUS_MULTIPROC_DIR (an empty "
+                "directory): each process counts its own presses, /metrics sums them"
+            )
+        from worker import metrics
+
+        metrics.serve(settings.metrics_port)
+    config = uvicorn_config(PROCESS_APP, host, port)
+    config.factory = True
+    config.workers = workers
+    sock = config.bind_socket()
+    try:
+        if not settings.ops_enabled:
+            Multiprocess(config, sockets=[sock]).run()
+            return
+        assert settings.ops_port is not None
+        rt = Runtime(settings)
+        try:
+            ops = create_ops_app(rt)
+            with serve_in_thread(ops, host=settings.ops_host, port=settings.ops_port,
+                                 name="ops", lifespan="off"):  # fmt: skip
+                Multiprocess(config, sockets=[sock]).run()
+        finally:
+            rt.close()
+    finally:
+        sock.close()

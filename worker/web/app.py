@@ -292,8 +292,10 @@ def _ping(rt: Runtime) -> None:
             client.close()
 
 
-def create_app(rt: Runtime) -> Starlette:
-    """The ASGI app over ``rt`` (the caller closes the runtime when the server stops)."""
+def create_app(rt: Runtime, *, close_runtime: bool = False) -> Starlette:
+    """The ASGI app over ``rt``. The caller closes the runtime when the server stops, unless
+    ``close_runtime`` (one process of ``reauth serve --workers N``: its server's shutdown is the
+    last thing that process runs)."""
     routes = ReconnectApp(rt)
     handlers: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
         ("/r/{token}", routes.show, ["GET"]),
@@ -310,6 +312,8 @@ def create_app(rt: Runtime) -> Starlette:
         yield
         # The MX client's connections live on this server's loop: close them here.
         await rt.aclose_mx()
+        if close_runtime:
+            await run_in_threadpool(rt.close)  # the database pool, the sink
 
     return Starlette(
         routes=[Route(path, fn, methods=m) for path, fn, m in handlers], lifespan=lifespan
