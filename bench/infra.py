@@ -36,7 +36,9 @@ PG_SERVER_URL = os.environ.get(
 )
 #: Redis db of the benchmark (tests use 15; this is flushed at the start of every run).
 REDIS_URL = os.environ.get("REAUTH_BENCH_REDIS_URL", "redis://localhost:6379/13")
-DB_NAME = "reauth_bench"
+#: The benchmark database (dropped and recreated by each run): REAUTH_BENCH_DB names another, so
+#: two runs on one server do not drop each other's.
+DB_NAME = os.environ.get("REAUTH_BENCH_DB", "reauth_bench")
 CLIENT_ID = DEFAULT_CLIENT_ID
 API_KEY = DEFAULT_API_KEY
 STREAM = "reauth:notifications"
