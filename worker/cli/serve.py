@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from typing import Any
 
 import typer
@@ -42,7 +43,7 @@ def serve(
         min=1,
         max=64,
         help="Server processes sharing the port, each with its own runtime (database pool, MX "
-        "client); one per core. With REAUTH_METRICS_PORT, needs PROMETHEUS_MULTIPROC_DIR.",
+        "client); one per core. /metrics (REAUTH_METRICS_PORT) sums them.",
     ),
 ) -> None:
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
@@ -105,7 +106,8 @@ def serve_processes(settings: Any, host: str, port: int, workers: int) -> None:
     """``workers`` uvicorn processes accepting on one listening socket (bound here, inherited),
     under uvicorn's supervisor, which restarts a process that dies and stops them all on
     SIGINT/SIGTERM. This process serves /metrics (summed over the processes) and the ops
-    listener, if configured; it handles no public request."""
+    listener, if configured; it handles no public request. Each process counts in
+    PROMETHEUS_MULTIPROC_DIR (a temporary directory unless set)."""
     from uvicorn.supervisors import Multiprocess
 
     from worker.runtime import Runtime
@@ -113,11 +115,10 @@ def serve_processes(settings: Any, host: str, port: int, workers: int) -> None:
     from worker.web.ops import create_ops_app
 
     if settings.metrics_port:
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            raise ConfigError(
-                "REAUTH_METRICS_PORT with --workers needs PROMETHEUS_MULTIPROC_DIR (an empty "
-                "directory): each process counts its own presses, /metrics sums them"
-            )
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # As `reauth worker` does: each process counts its own presses in the directory,
+            # this one serves their sum. Inherited by the processes started below.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="reauth-metrics-")
         from worker import metrics
 
         metrics.serve(settings.metrics_port)
