@@ -13,12 +13,18 @@ from worker.errors import ConfigError
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
+    reuse_port: bool = typer.Option(
+        False,
+        "--reuse-port",
+        help="Bind with SO_REUSEPORT, so several `reauth serve` processes can share the port "
+        "(the kernel spreads connections between them).",
+    ),
 ) -> None:
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
     import uvicorn
 
     from worker.runtime import Runtime
-    from worker.serving import uvicorn_config
+    from worker.serving import reuse_port_socket, uvicorn_config
     from worker.web.app import create_app
 
     settings = setup()
@@ -31,6 +37,10 @@ def serve(
     rt = Runtime(settings)
     try:
         # No access log: request paths carry reconnect tokens.
-        uvicorn.Server(uvicorn_config(create_app(rt), host, port)).run()
+        server = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
+        if reuse_port:
+            server.run(sockets=[reuse_port_socket(host, port)])
+        else:
+            server.run()
     finally:
         rt.close()

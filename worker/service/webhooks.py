@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -117,19 +118,31 @@ def parse(body: bytes, path_type: str | None) -> Parsed:
 
 def intake(rt: Runtime, body: bytes, path_type: str | None, now: datetime) -> inbox.Stored:
     """Store one authenticated POST (committed when this returns)."""
-    parsed = parse(body, path_type)
+    return intake_many(rt, [(body, path_type)], now)[0]
+
+
+def intake_many(
+    rt: Runtime, posts: list[tuple[bytes, str | None]], now: datetime
+) -> list[inbox.Stored]:
+    """Store authenticated POSTs (``(body, type from the path)``) in one transaction: the
+    intake's group commit. Committed when this returns; results in the same order."""
+    parsed = [parse(body, path_type) for body, path_type in posts]
+    events = [
+        inbox.NewEvent(p.event_type, body, p.status, p.note, p.action, p.member_guid, p.user_guid)
+        for p, (body, _) in zip(parsed, posts, strict=True)
+    ]
     with session_scope(rt.sessions) as s:
-        stored = inbox.add(
-            s, event_type=parsed.event_type, body=body, now=now,
-            window=rt.settings.mx_webhook_dedupe_window, status=parsed.status, note=parsed.note,
-            action=parsed.action, member_guid=parsed.member_guid, user_guid=parsed.user_guid,
+        stored = inbox.add_many(s, events, now=now, window=rt.settings.mx_webhook_dedupe_window)
+    outcomes: Counter[str] = Counter()
+    for p, st in zip(parsed, stored, strict=True):
+        outcome = "duplicate" if st.duplicate else p.status
+        outcomes[outcome] += 1
+        metrics.WEBHOOKS_RECEIVED.labels(type=_metric_type(p.event_type), outcome=outcome).inc()
+        log.debug(
+            "webhook.received", event_id=st.id, type=p.event_type, outcome=outcome,
+            member_guid=p.member_guid, note=p.note,
         )  # fmt: skip
-    outcome = "duplicate" if stored.duplicate else parsed.status
-    metrics.WEBHOOKS_RECEIVED.labels(type=_metric_type(parsed.event_type), outcome=outcome).inc()
-    log.info(
-        "webhook.received", event_id=stored.id, type=parsed.event_type, outcome=outcome,
-        member_guid=parsed.member_guid, note=parsed.note,
-    )  # fmt: skip
+    log.info("webhook.stored", events=len(posts), **outcomes)
     return stored
 
 
