@@ -72,6 +72,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.05, help="sandbox latency (0.05 s)")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="Celery -c")
     p.add_argument("--skip-e2e", action="store_true", help="ingestion only")
+    p.add_argument("--skip-ingest", action="store_true", help="the latency run only")
     p.add_argument("--out", type=Path, default=HERE, help="where results.json and RESULTS.md are")
     args = p.parse_args(argv)
     return args
@@ -277,6 +278,7 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
         if g in arrivals:
             lat.append((arrivals[g] - (start_wall + i / args.e2e_rate)) * 1000)
     statuses = res["statuses"]
+    phases = _phases(db_url, res["start_epoch"], args.e2e_rate, guids)
     row = {
         "kind": "e2e",
         "events": n,
@@ -293,9 +295,31 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
         "max_ms": max(lat) if lat else None,
         "all_s": round(all_done, 2),
         "inbox": inbox_counts(db_url),
+        "phases_p50_ms": phases,
     }
     print(json.dumps(row), flush=True)
     return row
+
+
+def _phases(db_url: str, start: float, rate: float, guids: list[str]) -> dict[str, float | None]:
+    """Where the time goes: p50 over events of each step's time from the webhook's due time
+    (stored, applied, URI attempt recorded, outbox row written, delivered)."""
+    due = {g: start + i / rate for i, g in enumerate(guids)}
+    rows = _rows(
+        db_url,
+        "SELECT w.member_guid, extract(epoch FROM w.received_at), extract(epoch FROM w.applied_at),"
+        " (SELECT extract(epoch FROM min(a.created_at)) FROM attempts a WHERE a.member_id = m.id),"
+        " extract(epoch FROM n.created_at), extract(epoch FROM n.sent_at)"
+        " FROM webhook_events w JOIN members m ON m.member_guid = w.member_guid"
+        " LEFT JOIN notifications n ON n.member_id = m.id",
+    )
+    names = ("stored", "applied", "uri_attempt", "outbox", "sent")
+    out: dict[str, float | None] = {}
+    for k, name in enumerate(names, start=1):
+        values = [(float(r[k]) - due[r[0]]) * 1000 for r in rows if r[k] is not None]
+        p50 = report.percentile(values, 50)
+        out[name] = None if p50 is None else round(p50, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     try:
         with infra.sandbox_process(0.0, logs / "sandbox.log") as sb:
-            rows += ingestion(db_url, sb, args, logs)
+            if not args.skip_ingest:
+                rows += ingestion(db_url, sb, args, logs)
             if not args.skip_e2e:
                 rows.append(e2e(db_url, sb, args, logs))
     finally:

@@ -95,4 +95,8 @@ def apply_webhooks(rt: Runtime, *, clock: Clock, sweep: bool = False) -> webhook
         if claimed:
             rt.followups.regenerate(claimed, owner, force=False, trigger="webhook")
 
-    return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)
+    # With Celery, a full batch queues another apply task (coalesced through its flag) so the
+    # next batch is claimed by another pool process while this one waits on MX; inline, the
+    # loop takes the batches one after the other.
+    more = None if rt.inline else rt.followups.apply_webhooks
+    return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on, more=more)

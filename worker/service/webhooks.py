@@ -51,8 +51,6 @@ KNOWN_TYPES = frozenset({CONNECTION_STATUS, MEMBER, AGGREGATION})
 MAX_BODY_BYTES = 64 * 1024
 #: An event whose member MX could not be read is retried this many times, then ``failed``.
 MAX_ATTEMPTS = 12
-#: Reads of MX in flight at once per batch (the client's global rate limit applies as well).
-READ_CONCURRENCY = 8
 #: Stand-in for an institution MX did not name (CONNECTION_STATUS carries none); a later MEMBER
 #: event or import fills it.
 UNKNOWN_INSTITUTION = "unknown"
@@ -223,7 +221,9 @@ def _group(events: list[WebhookEvent], known: Mapping[str, Member]) -> dict[str,
 
 
 async def _read_all(rt: Runtime, groups: list[_Group]) -> None:
-    gate = asyncio.Semaphore(READ_CONCURRENCY)
+    # As many reads in flight as the MX client allows (REAUTH_MX_MAX_CONCURRENCY); its rate
+    # limit (REAUTH_MX_RATE_LIMIT_PER_SECOND) paces them against MX's budget.
+    gate = asyncio.Semaphore(rt.settings.mx_max_concurrency)
 
     async def one(g: _Group) -> None:
         async with gate:
@@ -333,6 +333,7 @@ def _write(
     """The write transaction of a batch, for the events still ours; returns the members that
     became due."""
     due: list[int] = []
+    finished: dict[tuple[str, str], list[int]] = {}
     with session_scope(rt.sessions) as s:
         mine = inbox.held(s, [e.id for e in events], owner)
         for g in groups.values():
@@ -350,7 +351,8 @@ def _write(
                     result.retried += len(ids)
                 continue
             out = _apply_group(s, rt, g, now)
-            inbox.finish(s, ids, owner, status=out.status, note=out.note, now=now)
+            # Finished together below: most members of a batch share their outcome's note.
+            finished.setdefault((out.status, out.note), []).extend(ids)
             result.episodes_ended += out.ended
             if out.status == inbox.APPLIED:
                 result.applied += len(ids)
@@ -360,12 +362,22 @@ def _write(
                 due.append(out.due)
             log.info("webhook.applied", member_guid=g.member_guid, events=len(ids),
                      status=out.status, note=out.note)  # fmt: skip
+        for (status, note), ids in finished.items():
+            inbox.finish(s, ids, owner, status=status, note=note, now=now)
     return due
 
 
-def apply_batch(rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], None]) -> ApplyResult:
+def apply_batch(
+    rt: Runtime,
+    *,
+    clock: Clock,
+    hand_on: Callable[[list[int]], None],
+    more: Callable[[], None] | None = None,
+) -> ApplyResult:
     """Claim one batch of pending events and apply it; ``hand_on`` gets the members that became
-    due (after the commit)."""
+    due (after the commit). ``more`` is called when the batch came out full (more events are
+    probably waiting), before the MX reads: another worker process can claim the next batch
+    while this one reads and writes."""
     result = ApplyResult()
     owner = leases.new_owner()
     with session_scope(rt.sessions) as s:
@@ -379,6 +391,8 @@ def apply_batch(rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], Non
     result.events = len(events)
     if not events:
         return result
+    if more is not None and len(events) >= rt.settings.batch_size:
+        more()
     to_read = [g for g in groups.values() if g.read and not g.deleted]
     if to_read:
         rt.run(_read_all(rt, to_read))
@@ -394,13 +408,18 @@ def apply_batch(rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], Non
 
 
 def apply_pending(
-    rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], None], max_batches: int = 50
+    rt: Runtime,
+    *,
+    clock: Clock,
+    hand_on: Callable[[list[int]], None],
+    max_batches: int = 50,
+    more: Callable[[], None] | None = None,
 ) -> ApplyResult:
     """Apply pending events batch by batch until none is left (or ``max_batches``: the sweeper
-    goes on where this stopped)."""
+    goes on where this stopped). ``more``: see :func:`apply_batch`."""
     total = ApplyResult()
     for _ in range(max_batches):
-        batch = apply_batch(rt, clock=clock, hand_on=hand_on)
+        batch = apply_batch(rt, clock=clock, hand_on=hand_on, more=more)
         for name, value in batch.as_dict().items():
             setattr(total, name, getattr(total, name) + value)
         if batch.events < rt.settings.batch_size:
