@@ -212,7 +212,7 @@ def ingestion(
                 "serve_workers": args.serve_workers,
                 **res,
                 "stored": stored,
-                "vs_baseline": round(res["per_s"] / base["per_s"], 2),
+                "vs_baseline": round(res["per_s"] / base["per_s"], 4),
                 "cpu_ms": cpu,
             }
             rows.append(row)
