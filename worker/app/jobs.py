@@ -95,8 +95,12 @@ def apply_webhooks(rt: Runtime, *, clock: Clock, sweep: bool = False) -> webhook
         if claimed:
             rt.followups.regenerate(claimed, owner, force=False, trigger="webhook")
 
-    # With Celery, a full batch queues another apply task (coalesced through its flag) so the
-    # next batch is claimed by another pool process while this one waits on MX; inline, the
-    # loop takes the batches one after the other.
-    more = None if rt.inline else rt.followups.apply_webhooks
-    return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on, more=more)
+    if rt.inline:
+        return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)
+    # With Celery, one batch per task: a full batch queues the next apply task (coalesced
+    # through its flag) before its MX reads, so another pool process takes the next batch
+    # meanwhile, and the regenerate batches this one hands on queue between apply tasks
+    # instead of waiting until every pending event is applied.
+    return webhook_events.apply_pending(
+        rt, clock=clock, hand_on=hand_on, max_batches=1, more=rt.followups.apply_webhooks
+    )

@@ -268,9 +268,8 @@ class _Outcome:
     ended: int = 0
 
 
-def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
-    """Apply one member's events inside the write transaction."""
-    m = members.by_guids(s, [g.member_guid], for_update=True).get(g.member_guid)
+def _apply_group(s: Any, rt: Runtime, g: _Group, m: Member | None, now: datetime) -> _Outcome:
+    """Apply one member's events inside the write transaction (``m``: the member, locked)."""
     if g.deleted:
         if m is None:
             return _Outcome(inbox.IGNORED, "deleted: unknown member")
@@ -312,8 +311,8 @@ def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
             s, [decisions.Change(m.id, snap.state, decision.fields, keep_last_error=True)], now=now
         )
         return _Outcome(inbox.APPLIED, f"{note}; {decision.note}", ended=ended)
+    # No flush here: the batch's member updates go out together at the commit.
     members.make_due(m, now)
-    s.flush()
     return _Outcome(inbox.APPLIED, f"{note}; due now ({decision.reason})", due=m.id)
 
 
@@ -336,6 +335,8 @@ def _write(
     finished: dict[tuple[str, str], list[int]] = {}
     with session_scope(rt.sessions) as s:
         mine = inbox.held(s, [e.id for e in events], owner)
+        # The batch's members, locked in one statement (not one per member).
+        locked = members.by_guids(s, sorted(groups), for_update=True)
         for g in groups.values():
             ids = [e.id for e in g.events if e.id in mine]
             if not ids:
@@ -350,7 +351,7 @@ def _write(
                     inbox.retry_later(s, ids, owner, until=now + _retry_delay(tries), note=note)
                     result.retried += len(ids)
                 continue
-            out = _apply_group(s, rt, g, now)
+            out = _apply_group(s, rt, g, locked.get(g.member_guid), now)
             # Finished together below: most members of a batch share their outcome's note.
             finished.setdefault((out.status, out.note), []).extend(ids)
             result.episodes_ended += out.ended
