@@ -158,12 +158,16 @@ def webhooks_markdown(run: dict[str, Any] | None) -> list[str]:
             f"{e['events']:,} members known to the service and CONNECTED; the sandbox (latency "
             f"{e['latency_s'] * 1000:.0f} ms) answers DENIED for each. {e['events']:,} "
             f"CONNECTION_STATUS webhooks are posted in an open loop at {e['rate']:,.0f}/s "
-            "(bench/loadgen.py, aiohttp) to `reauth serve` (Celery follow-ups); a Celery worker "
-            f"(`-P prefork -c {e['processes']}`) runs `reauth.apply_webhooks` (member read from "
-            "MX, decision, due now), the regenerate batches it hands on (MX URI call, outbox) "
-            "and the relay (Redis stream sink). A notification's latency runs from the moment "
-            "its webhook was due to be sent to the millisecond timestamp of its stream entry's "
-            "id.",
+            f"(bench/loadgen.py, aiohttp) to {e.get('serve_workers', 1)} `reauth serve` "
+            "process(es) (Celery follow-ups); a Celery worker "
+            f"(`-P prefork -c {e['processes']}`, REAUTH_BATCH_SIZE={e.get('batch_size', 100)}, "
+            f"REAUTH_MX_MAX_CONCURRENCY={e.get('mx_concurrency', 64)}) runs "
+            "`reauth.apply_webhooks` (member read from MX, decision, due now; one batch per "
+            "task, a full one queueing the next), the regenerate batches it hands on (MX URI "
+            "call, outbox) and the relay (Redis stream sink). The 100 MX users' sessions are "
+            "made before the run, as in a service that has been running. A notification's "
+            "latency runs from the moment its webhook was due to be sent to the millisecond "
+            "timestamp of its stream entry's id.",
             "",
             *_table(
                 [

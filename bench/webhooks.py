@@ -9,8 +9,8 @@ process on 127.0.0.1:
 * ``reauth serve`` (``python -m worker serve``, uvicorn with uvloop and httptools) with
   REAUTH_MX_WEBHOOK_USERNAME/PASSWORD set, the Redis broker, PostgreSQL, Celery follow-ups (the
   intake queues ``reauth.apply_webhooks`` through the coalescing Redis flag, as in production);
-  ``--serve-workers N`` runs N of them on one port (SO_REUSEPORT, the kernel spreads
-  connections);
+  ``--serve-workers 1 2`` runs the intake series with one, then two of them on one port
+  (``--reuse-port``: SO_REUSEPORT, the kernel spreads connections);
 * the baseline: bench/hello.py's trivial Starlette app, same uvicorn configuration;
 * the load generators: Debian's ``wrk`` (C, closed loop: N connections each sending its next
   request when the previous is answered) with bench/webhooks.lua (a distinct body per request);
@@ -67,7 +67,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--connections", type=int, nargs="+", default=[8, 16, 32], help="wrk connections"
     )
-    p.add_argument("--serve-workers", type=int, default=1, help="reauth serve processes (1)")
+    p.add_argument(
+        "--serve-workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="reauth serve processes, one intake series each (1 2); the latency run uses the last",
+    )
     p.add_argument("--events", type=int, default=1000, help="webhooks of the latency run")
     p.add_argument("--e2e-rate", type=float, default=1000.0, help="their rate per second")
     p.add_argument("--latency", type=float, default=0.05, help="sandbox latency (0.05 s)")
@@ -193,16 +199,33 @@ def ingestion(
         base = wrk_get(hello_url, connections=16, seconds=args.seconds)
     rows.append({"kind": "ingest_baseline", "connections": 16, **base})
     print(json.dumps(rows[-1]), flush=True)
+    for workers in args.serve_workers:
+        rows += _ingest_series(db_url, sb, args, logs, workers=workers, base=base)
+    return rows
+
+
+def _ingest_series(
+    db_url: str,
+    sb: infra.Sandbox,
+    args: argparse.Namespace,
+    logs: Path,
+    *,
+    workers: int,
+    base: dict[str, Any],
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     port = infra.free_port()
     env = serve_env(db_url, sb, port)
-    with serve_processes(env, port, args.serve_workers, logs) as procs:
+    with serve_processes(env, port, workers, logs) as procs:
         url = f"http://127.0.0.1:{port}/mx/webhooks"
-        wrk(url, connections=8, seconds=2, prefix="MBR-warm")  # connections, pools, JIT caches
+        # Warm-up: connections, pools, the first commits.
+        wrk(url, connections=8, seconds=2, prefix=f"MBR-warm{workers}")
         for conns in args.connections:
             stored0 = sum(inbox_counts(db_url).values())
             cpu0 = cpu_snapshot(procs[0], sb)
             serve0 = _cpu_tree(procs)
-            res = wrk(url, connections=conns, seconds=args.seconds, prefix=f"MBR-c{conns}")
+            prefix = f"MBR-w{workers}c{conns}"
+            res = wrk(url, connections=conns, seconds=args.seconds, prefix=prefix)
             cpu1 = cpu_snapshot(procs[0], sb)
             serve1 = _cpu_tree(procs)
             stored = sum(inbox_counts(db_url).values()) - stored0
@@ -212,7 +235,7 @@ def ingestion(
             row = {
                 "kind": "ingest",
                 "connections": conns,
-                "serve_workers": args.serve_workers,
+                "serve_workers": workers,
                 **res,
                 "stored": stored,
                 "vs_baseline": round(res["per_s"] / base["per_s"], 4),
@@ -250,7 +273,7 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
         for g in guids
     ]  # fmt: skip
     with (
-        serve_processes(env, port, args.serve_workers, logs),
+        serve_processes(env, port, args.serve_workers[-1], logs),
         infra.celery_worker(
             env, app="worker.celery_app", queue="reauth", concurrency=args.processes,
             log=logs / "celery.log", name="bench-webhooks",
@@ -294,7 +317,7 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
         "processes": args.processes,
         "batch_size": args.batch_size,
         "mx_concurrency": args.mx_concurrency,
-        "serve_workers": args.serve_workers,
+        "serve_workers": args.serve_workers[-1],
         "statuses": statuses,
         "notified": len(lat),
         "stream_len": got,
@@ -357,6 +380,9 @@ def _phases(db_url: str, start: float, rate: float, guids: list[str]) -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    from worker.logging import configure_logging
+
+    configure_logging(fmt="console", level="WARNING")  # the session warm-up's reads
     started = time.perf_counter()
     logs = Path(tempfile.mkdtemp(prefix="reauth-bench-webhooks-"))
     print(f"logs in {logs}", flush=True)
