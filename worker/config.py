@@ -98,6 +98,14 @@ class LogFormat(StrEnum):
     CONSOLE = "console"
 
 
+class NotifyGrouping(StrEnum):
+    """``member``: one message per (member, episode, reminder); ``user``: the due messages of
+    one user within ``REAUTH_GROUPING_WINDOW`` go out as one ``reauth.oauth_links`` message."""
+
+    MEMBER = "member"
+    USER = "user"
+
+
 class NotifySink(StrEnum):
     REDIS_STREAM = "redis-stream"
     WEBHOOK = "webhook"
@@ -134,6 +142,9 @@ _DURATION_RANGES: dict[str, tuple[timedelta, timedelta, str]] = {
     # and nothing is ever delivered.
     "link_max_age": (timedelta(minutes=1), timedelta(days=7), ""),
     "claim_heartbeat": (timedelta(seconds=1), timedelta(hours=1), ""),
+    # How long the relay may hold a person's first due message for its siblings. Zero groups
+    # only what is due in the same relay pass; a day is already far too late for a broken link.
+    "grouping_window": (timedelta(0), timedelta(days=1), ""),
     "reconnect_ttl": (timedelta(minutes=1), timedelta(days=90), ""),
     "confirm_window": (timedelta(seconds=1), timedelta(days=1), ""),
     "mx_credential_failure_window": (timedelta(seconds=1), timedelta(days=1), ""),
@@ -522,6 +533,12 @@ class Settings(BaseSettings):
     notify_batch_size: int = Field(default=500, ge=1, le=10_000)
     notify_lease: timedelta = timedelta(seconds=30)
     link_max_age: timedelta = timedelta(minutes=10)
+    #: ``member`` (one message per member reminder) or ``user`` (one message per person).
+    notify_grouping: NotifyGrouping = NotifyGrouping.MEMBER
+    #: With ``user`` grouping: the longest a due message waits for its siblings, measured from
+    #: the user's earliest due message. Below REAUTH_LINK_MAX_AGE (checked), or every held link
+    #: would go stale and cost a second MX call.
+    grouping_window: timedelta = timedelta(minutes=5)
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     #: The deadline of one whole delivery (connect, send, answer), seconds.
@@ -957,6 +974,17 @@ class Settings(BaseSettings):
         # they need to outlast a few heartbeats (checked below), not the calls themselves.
         if self.backoff_base > self.backoff_cap:
             problems.append("REAUTH_BACKOFF_BASE must not be above REAUTH_BACKOFF_CAP")
+        if (
+            self.notify_grouping is NotifyGrouping.USER
+            and self.link_mode is LinkMode.BOTH
+            and self.grouping_window >= self.link_max_age
+        ):
+            problems.append(
+                "REAUTH_GROUPING_WINDOW must be below REAUTH_LINK_MAX_AGE with "
+                "REAUTH_NOTIFY_GROUPING=user, or every held link goes stale before it is sent "
+                f"({_format_duration(self.grouping_window)} >= "
+                f"{_format_duration(self.link_max_age)})"
+            )
         return problems
 
     # --- derived -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from worker import failpoints
+from worker import failpoints, tracing
 from worker.core.policy import Reason
 from worker.runtime import Runtime
 from worker.service import deliver as delivery
@@ -41,7 +41,11 @@ def scan(
     def hand_on(ids: list[int], owner: str) -> None:
         rt.followups.regenerate(ids, owner, force=False, trigger="scan")
 
-    return run_scan(rt, hand_on, clock=clock, trigger=trigger, limit=limit, reason=reason)
+    with tracing.span("reauth.scan", {"reauth.trigger": trigger}) as current:
+        result = run_scan(rt, hand_on, clock=clock, trigger=trigger, limit=limit, reason=reason)
+        if current is not None:
+            current.set_attribute("reauth.claimed", result.claimed)
+        return result
 
 
 def sweep_claims(rt: Runtime, *, clock: Clock) -> ScanResult | None:
@@ -64,19 +68,27 @@ def regenerate(
     task_id: str | None = None,
 ) -> BatchResult:
     """Generate fresh URIs for a claimed batch; start a delivery when it queued notifications."""
-    result = regenerate_batch(
-        rt, ids, owner, clock=clock, force=force, trigger=trigger, task_id=task_id
-    )
-    failpoints.hit("after_commit")
-    if result.notifications:
-        rt.followups.deliver()
-    return result
+    with tracing.span(
+        "reauth.regenerate",
+        {"reauth.trigger": trigger, "reauth.batch_size": len(ids), "reauth.force": force},
+    ):
+        result = regenerate_batch(
+            rt, ids, owner, clock=clock, force=force, trigger=trigger, task_id=task_id
+        )
+        failpoints.hit("after_commit")
+        if result.notifications:
+            rt.followups.deliver()
+        return result
 
 
 def deliver(rt: Runtime, *, owner: str, clock: Clock) -> dict[str, Any]:
     """One delivery pass over the outbox (after batch commits, and on beat as a sweeper)."""
     rt.followups.delivery_started()
-    return delivery.deliver(rt, clock=clock, owner=owner)
+    with tracing.span("reauth.deliver") as current:
+        totals = delivery.deliver(rt, clock=clock, owner=owner)
+        if current is not None:
+            current.set_attribute("reauth.sent", int(totals.get("sent", 0)))
+        return totals
 
 
 def purge(rt: Runtime, *, clock: Clock) -> retention.PurgeResult:
@@ -99,17 +111,19 @@ def apply_webhooks(rt: Runtime, *, clock: Clock, sweep: bool = False) -> webhook
         if claimed:
             rt.followups.regenerate(claimed, owner, force=False, trigger="webhook")
 
-    if rt.inline:
-        return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)
-    # With Celery, one batch per task: a full batch queues the next apply task (coalesced
-    # through its flag) before its MX reads, so another pool process takes the next batch
-    # meanwhile, and the regenerate batches this one hands on queue between apply tasks
-    # instead of waiting until every pending event is applied.
-
     def more() -> None:
         try:
             rt.followups.apply_webhooks()
         except Exception as exc:  # broker down: this batch goes on, the beat sweeper follows
             log.warning("webhook.queue_failed", error=type(exc).__name__)
 
-    return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on, max_batches=1, more=more)
+    with tracing.span("reauth.apply_webhooks", {"reauth.sweep": sweep}):
+        if rt.inline:
+            return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)
+        # With Celery, one batch per task: a full batch queues the next apply task (coalesced
+        # through its flag) before its MX reads, so another pool process takes the next batch
+        # meanwhile, and the regenerate batches this one hands on queue between apply tasks
+        # instead of waiting until every pending event is applied.
+        return webhook_events.apply_pending(
+            rt, clock=clock, hand_on=hand_on, max_batches=1, more=more
+        )

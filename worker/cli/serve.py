@@ -34,6 +34,11 @@ def serve(
             "and REAUTH_RECONNECT_SECRETS (at least one key of 32+ bytes)"
         )
     settings.require_mx_credentials()
+    if settings.metrics_port:
+        from worker import metrics
+
+        # One process: its own registry (clicks, webhook intake, MX calls of the presses).
+        metrics.serve(settings.metrics_port)
     rt = Runtime(settings)
     try:
         # No access log: request paths carry reconnect tokens.

@@ -40,7 +40,7 @@ import httpx
 import redis.asyncio as aioredis
 import structlog
 
-from worker import metrics
+from worker import metrics, tracing
 from worker.clock import utc_now
 from worker.config import Settings, insecure_mx_url, redirect_allowed
 from worker.errors import (
@@ -219,6 +219,7 @@ class MxClient:
             headers=_COMMON_HEADERS,
             trust_env=False,
         )
+        tracing.instrument_client(http)  # no-op unless tracing is on
         redis: aioredis.Redis | None = None
         limiter: RateLimiter
         store: SessionStore

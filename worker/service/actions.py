@@ -24,7 +24,7 @@ from worker.core.policy import (
     reason_for,
 )
 from worker.errors import InputError, UnknownMemberError
-from worker.store import attempts, audit, decisions, members, notifications
+from worker.store import attempts, audit, decisions, locks, members, notifications
 
 
 def default_actor() -> str:
@@ -158,27 +158,46 @@ def _reconnected(session: Session, m: Member, now: datetime) -> None:
     )
 
 
-def status(session: Session) -> dict[str, Any]:
-    """Members per state and reason, outbox by status, the last scan, the gave-up count."""
+def status(session: Session, now: datetime) -> dict[str, Any]:
+    """Members per state and reason, outbox by status (and its oldest pending row), the last
+    scan, the gave-up count, and the fleet-wide MX pause if one holds at ``now``."""
     counts = members.counts_by_state(session)
     by_state = {f"{state}/{reason or '-'}": n for (state, reason), n in counts.items()}
     last = audit.last_scan(session)
+    pause = locks.mx_pause(session, now)
+    oldest = notifications.oldest_pending_at(session)
     return {
         "members": by_state,
         "members_total": sum(by_state.values()),
         "outbox": notifications.counts_by_status(session),
+        "outbox_oldest_pending_at": None if oldest is None else oldest.isoformat(),
         "gave_up": sum(n for (state, _), n in counts.items() if state == State.GAVE_UP),
+        "mx_paused": None if pause is None else {"why": pause[0], "until": pause[1].isoformat()},
         "last_scan": None
         if last is None
         else {
             "trigger": last.trigger,
             "started_at": last.started_at.isoformat(),
+            "finished_at": None if last.finished_at is None else last.finished_at.isoformat(),
             "duration_s": last.duration_s,
             "claimed": last.claimed,
             "batches": last.batches,
             "skipped_lock": last.skipped_lock,
+            "interrupted": last.interrupted,
         },
     }
+
+
+def unpause_mx(session: Session, *, actor: str, why: str, now: datetime) -> dict[str, Any]:
+    """Lift the fleet-wide MX pause now (its cause fixed), recorded in ``ops_actions``."""
+    if not why.strip():
+        raise InputError("--why must say why")
+    lifted = locks.lift_mx_pause(session)
+    result = {"lifted": lifted is not None, "was": lifted}
+    audit.record_action(
+        session, actor=actor, command="unpause-mx", arguments={}, why=why, result=result, now=now
+    )
+    return result
 
 
 def history(session: Session, member_guid: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from worker import metrics
 from worker.clock import utc_now
 from worker.core import tokens
 from worker.core.policy import IN_EPISODE, State, ended_by_oauth_success
@@ -134,6 +135,7 @@ def _record_click(rt: Runtime, view: LinkView, outcome: str, now: datetime) -> u
             s, member_id=view.member_id, notification_id=view.notification_id,
             episode=view.episode, outcome=outcome, now=now,
         )  # fmt: skip
+    metrics.RECONNECT_CLICKS.labels(outcome=outcome).inc()
     return click_id
 
 
@@ -165,6 +167,7 @@ def record_mint(
             episode=view.episode, outcome="minted" if ok else "mx_error", now=now,
         )  # fmt: skip
         attempts.add(s, [_attempt(rt, view, result, now, latency_ms)])
+    metrics.RECONNECT_CLICKS.labels(outcome="minted" if ok else "mx_error").inc()
     if isinstance(result, OAuthWindow):
         log.info(
             "reconnect.minted",

@@ -26,6 +26,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from worker import metrics
 from worker.clock import utc_now
 from worker.errors import MxError, ReauthError
 from worker.mx import OAuthWindow
@@ -147,10 +148,14 @@ class ReconnectApp:
         """POST: a fresh BROWSER URI from MX, answered 303 (or JSON for the page's script)."""
         wants_json = "application/json" in request.headers.get("accept", "")
         if self.foreign(request):
+            metrics.RECONNECT_CLICKS.labels(outcome="forbidden").inc()
             return self.message(403, "Not allowed", "This request did not come from our page.",
                                 json=wants_json)  # fmt: skip
         found = await self.view(request.path_params["token"])
         if isinstance(found, Response):
+            # The other outcomes are counted where the click is recorded (service.reconnect).
+            expired = found.status_code == 410
+            metrics.RECONNECT_CLICKS.labels(outcome="expired" if expired else "not_found").inc()
             return self.not_found(json=True) if wants_json and found.status_code == 404 else found
         now = utc_now()
         if not found.open:

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from worker import metrics
+from worker import metrics, tracing
 from worker.clock import utc_now
 from worker.runtime import Runtime
 from worker.service import webhooks
@@ -137,7 +137,11 @@ class WebhookIntake:
             metrics.WEBHOOKS_RECEIVED.labels(type=metric_type, outcome="too_large").inc()
             log.warning("webhook.too_large")
             return PlainTextResponse("payload too large", status_code=413)
-        await self.commits.store(body, path_type)
+        # The request's span covers waiting for its group commit. The apply task is queued by
+        # the flusher, which runs in the context of the request that started it: under load
+        # the apply's trace goes on from that request's intake span (Celery).
+        with tracing.span("reauth.webhook.intake", {"reauth.webhook_type": metric_type}):
+            await self.commits.store(body, path_type)
         return Response(status_code=204)
 
 
