@@ -8,6 +8,7 @@ Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated
     uv run python -m bench --quick    # smaller sizes, same shape (~3 min)
     uv run python -m bench serve      # `reauth serve` under load (bench/serve.py, ~2 min)
     uv run python -m bench webhooks   # MX webhook intake and webhook-to-stream latency
+    uv run python -m bench funnel     # `reauth report` over 1,000,000 episodes (bench/funnel.py)
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         from bench import webhooks
 
         webhooks.main(argv[1:])
+        return
+    if argv[:1] == ["funnel"]:
+        from bench import funnel
+
+        funnel.main(argv[1:])
         return
     args = parse(argv)
     started = time.perf_counter()
@@ -253,10 +259,10 @@ def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "results.json"
     if previous.exists():
-        # The serve and webhooks runs (python -m bench serve|webhooks) are run on their own:
-        # keep their figures.
+        # The serve, webhooks and funnel runs (python -m bench serve|webhooks|funnel) are run
+        # on their own: keep their figures.
         kept = json.loads(previous.read_text())
-        for key in ("serve", "webhooks"):
+        for key in ("serve", "webhooks", "funnel"):
             if kept.get(key) and key not in results:
                 results[key] = kept[key]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

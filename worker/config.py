@@ -578,6 +578,10 @@ class Settings(BaseSettings):
     retention_ops_actions: timedelta = timedelta(days=365)
     retention_scan_runs: timedelta = timedelta(days=30)
     retention_clicks: timedelta = timedelta(days=90)
+    #: Funnel events (one row per fact) and episode summaries (what `reauth report` reads: kept
+    #: longer, so a year-on-year report works after the events are gone). docs/FUNNEL.md.
+    retention_funnel_events: timedelta = timedelta(days=90)
+    retention_episodes: timedelta = timedelta(days=400)
     #: Rows per DELETE (one short transaction each).
     retention_batch_size: int = Field(default=1000, ge=1, le=10_000)
     #: How often beat runs the purge.
@@ -586,7 +590,8 @@ class Settings(BaseSettings):
     @field_validator(
         "retention_attempts", "retention_notifications_sent", "retention_notifications_dead",
         "retention_notifications_canceled", "retention_ops_actions", "retention_scan_runs",
-        "retention_clicks", "retention_interval", mode="before",
+        "retention_clicks", "retention_funnel_events", "retention_episodes", "retention_interval",
+        mode="before",
     )  # fmt: skip
     @classmethod
     def _parse_lifecycle_durations(cls, value: Any, info: ValidationInfo) -> Any:
@@ -597,7 +602,7 @@ class Settings(BaseSettings):
     @field_validator(
         "retention_attempts", "retention_notifications_sent", "retention_notifications_dead",
         "retention_notifications_canceled", "retention_ops_actions", "retention_scan_runs",
-        "retention_clicks",
+        "retention_clicks", "retention_funnel_events", "retention_episodes",
     )  # fmt: skip
     @classmethod
     def _check_retention(cls, value: timedelta) -> timedelta:
@@ -609,6 +614,27 @@ class Settings(BaseSettings):
     @classmethod
     def _check_retention_interval(cls, value: timedelta) -> timedelta:
         return _check_duration(value, (timedelta(minutes=1), timedelta(days=1), ""))
+
+    # --- the ops listener of reauth serve (GET /ops/report) ------------------------------
+    #: Off unless the port and both credentials are set; never the public port.
+    ops_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Loopback by default: put it behind your VPN or an SSH tunnel, not on the internet.
+    ops_host: str = "127.0.0.1"
+    ops_username: str | None = None
+    ops_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_ops_listener(self) -> Settings:
+        if (self.ops_username is None) != (self.ops_password is None):
+            raise ValueError("REAUTH_OPS_USERNAME and REAUTH_OPS_PASSWORD: set both or neither")
+        if self.ops_password is not None and len(self.ops_password.get_secret_value()) < 12:
+            raise ValueError("REAUTH_OPS_PASSWORD: at least 12 characters")
+        return self
+
+    @property
+    def ops_enabled(self) -> bool:
+        """The ops listener runs: a port and both credentials are set."""
+        return bool(self.ops_port and self.ops_username and self.ops_password)
 
     # --- MX webhooks (reauth serve: POST /mx/webhooks) ----------------------------------
     #: HTTP Basic credentials MX sends with each webhook; both unset: the route answers 404.

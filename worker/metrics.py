@@ -81,6 +81,12 @@ FUNNEL_EVENTS = Counter(
 )
 
 
+def count_funnel(recorded: list[tuple[str, str, str]]) -> None:
+    """Count committed funnel events: (stage, reason, channel) triples."""
+    for stage, reason, channel in recorded:
+        FUNNEL_EVENTS.labels(stage=stage, reason=reason, channel=channel).inc()
+
+
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0 picks none)."""
     if not port:

@@ -77,6 +77,11 @@ class Runtime:
     def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:
             self._sessions = session_factory(self.engine)
+            from worker import metrics
+            from worker.store import funnel
+
+            # Counted once the transaction that recorded the events has committed.
+            funnel.on_commit(self._sessions, metrics.count_funnel)
         return self._sessions
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -139,6 +139,16 @@ def _print_demo(result: dict[str, Any]) -> None:
     _print_webhook(result["webhook"])
     for name, value in result["backends"].items():
         console.print(f"  {name}: {value}")
+    console.print(
+        "Run it again: members already notified wait for the user, so no duplicate "
+        "notification is created (the webhook case breaks a new member each run: one new "
+        "notification). `reauth status`, `reauth history MEMBER` and `reauth webhooks list` "
+        "show the rest."
+    )
+    if "funnel" in result:
+        from worker.demo_funnel import describe
+
+        console.print(describe(result["funnel"]), style="bold")
 
 
 def _print_webhook(hook: dict[str, Any]) -> None:
@@ -165,10 +175,4 @@ def _print_webhook(hook: dict[str, Any]) -> None:
         f"{', '.join(hook['attempt_triggers']) or '-'}), {hook['mx_member_reads']} MX member "
         f"reads, {hook['mx_uri_calls']} MX URI call; reconnected: episode closed, next reminder "
         f"{'canceled' if hook['reminder_due_at_end'] is None else 'still scheduled'}"
-    )
-    console.print(
-        "Run it again: members already notified wait for the user, so no duplicate "
-        "notification is created (the webhook case breaks a new member each run: one new "
-        "notification). `reauth status`, `reauth history MEMBER` and `reauth webhooks list` "
-        "show the rest."
     )

@@ -1,12 +1,38 @@
-"""``reauth serve``: the reconnect pages (and, with REAUTH_OPS_PORT, nothing else yet)."""
+"""``reauth serve``: the reconnect pages on the public port and, with REAUTH_OPS_PORT and the
+ops credentials, the ops listener (``GET /ops/report``) on its own socket."""
 
 from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
 
 import typer
 
 from worker.cli import app
 from worker.cli.output import setup
 from worker.errors import ConfigError
+
+
+async def serve_all(
+    servers: list[Any], *, sockets: list[list[socket.socket] | None] | None = None
+) -> None:
+    """Run uvicorn servers together (``sockets``: each one's pre-bound sockets, or None to
+    bind its own); when one stops (a signal reaches only the last one's handler), all stop."""
+
+    async def watch() -> None:
+        # should_exit is a plain attribute set by uvicorn's signal handler: polled.
+        while not any(s.should_exit for s in servers):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        for s in servers:
+            s.should_exit = True
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        bound = sockets or [None] * len(servers)
+        await asyncio.gather(*(s.serve(sockets=b) for s, b in zip(servers, bound, strict=True)))
+    finally:
+        watcher.cancel()
 
 
 @app.command("serve")
@@ -17,7 +43,8 @@ def serve(
         False,
         "--reuse-port",
         help="Bind with SO_REUSEPORT, so several `reauth serve` processes can share the port "
-        "(the kernel spreads connections between them).",
+        "(the kernel spreads connections between them); REAUTH_METRICS_PORT is per process: "
+        "leave it unset or give each process its own.",
     ),
 ) -> None:
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
@@ -26,6 +53,7 @@ def serve(
     from worker.runtime import Runtime
     from worker.serving import reuse_port_socket, uvicorn_config
     from worker.web.app import create_app
+    from worker.web.ops import create_ops_app
 
     settings = setup()
     if not settings.reconnect_enabled:
@@ -34,6 +62,8 @@ def serve(
             "and REAUTH_RECONNECT_SECRETS (at least one key of 32+ bytes)"
         )
     settings.require_mx_credentials()
+    if settings.ops_enabled and settings.ops_port == port:
+        raise ConfigError(f"REAUTH_OPS_PORT ({port}) must differ from the public --port")
     if settings.metrics_port:
         from worker import metrics
 
@@ -42,10 +72,20 @@ def serve(
     rt = Runtime(settings)
     try:
         # No access log: request paths carry reconnect tokens.
-        server = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
-        if reuse_port:
-            server.run(sockets=[reuse_port_socket(host, port)])
-        else:
-            server.run()
+        public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
+        # With --reuse-port every process binds its listeners with SO_REUSEPORT.
+        public_sockets = [reuse_port_socket(host, port)] if reuse_port else None
+        if not settings.ops_enabled:
+            public.run(sockets=public_sockets)
+            return
+        assert settings.ops_port is not None
+        ops = uvicorn.Server(
+            uvicorn_config(create_ops_app(rt), settings.ops_host, settings.ops_port,
+                           lifespan="off")
+        )  # fmt: skip
+        ops_sockets = (
+            [reuse_port_socket(settings.ops_host, settings.ops_port)] if reuse_port else None
+        )
+        asyncio.run(serve_all([public, ops], sockets=[public_sockets, ops_sockets]))
     finally:
         rt.close()

@@ -15,7 +15,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models import Member
+from worker.core.funnel import Event, Stage
 from worker.core.policy import (
+    IN_EPISODE,
     OAUTH_ERROR_REASONS,
     PolicyConfig,
     Reason,
@@ -24,7 +26,7 @@ from worker.core.policy import (
     reason_for,
 )
 from worker.errors import InputError, UnknownMemberError
-from worker.store import attempts, audit, decisions, locks, members, notifications
+from worker.store import attempts, audit, decisions, funnel, locks, members, notifications
 
 
 def default_actor() -> str:
@@ -116,10 +118,14 @@ def oauth_result(
             },
         )
         snap = members.snapshot(m)
+        _result_events(session, m, "success", now)
         decisions.apply(
-            session, [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap))], now=now
+            session,
+            [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap), confirmed=True)],
+            now=now,
         )
     else:
+        _result_events(session, m, error_reason or "error", now)
         members.set_mx_fields(m, {"oauth_status": "ERRORED", "oauth_error_reason": error_reason})
         # A batch in flight decided on the old state; let the next scan decide again
         # (e.g. CANCELLED → abandoned).
@@ -154,8 +160,17 @@ def _reconnected(session: Session, m: Member, now: datetime) -> None:
     members.set_mx_fields(m, {**success, "connection_status": "CONNECTED"})
     snap = members.snapshot(m)
     decisions.apply(
-        session, [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap))], now=now
+        session,
+        [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap), confirmed=True)],
+        now=now,
     )
+
+
+def _result_events(session: Session, m: Member, result: str, now: datetime) -> None:
+    """An OAuth result for an open episode: the funnel's RESULT (an operator's or the app's
+    word; a success is confirmed by the decision that follows)."""
+    if State(m.reauth_state) in IN_EPISODE:
+        funnel.record(session, [Event(m.id, m.episode, Stage.RESULT, now, detail=result)])
 
 
 def status(session: Session, now: datetime) -> dict[str, Any]:

@@ -26,10 +26,12 @@ from models import Member
 from worker import failpoints, metrics, tracing
 from worker.config import LinkMode, Settings
 from worker.core.contract import build_message, idempotency_key
+from worker.core.funnel import How
 from worker.core.policy import (
     Generate,
     MemberSnapshot,
     Outcome,
+    ReauthFields,
     State,
     Update,
     after_outcome,
@@ -349,7 +351,7 @@ def _write(
             if res.deferred:
                 fields = after_outcome(snap, g, Outcome.SUCCESS, now, cfg)
                 outbox.append(_outbox_row(rt.settings, nid, m, g, None, now=now))
-                changes.append(decisions.Change(m.id, snap.state, fields))
+                changes.append(_change(m, snap, g, fields))
                 continue
             metrics.ATTEMPTS.labels(outcome=outcome.value).inc()
             if res.latency_ms is not None:
@@ -391,12 +393,27 @@ def _write(
                 if w.member_guid != m.member_guid:
                     extra["mx_member_guid"] = w.member_guid
                 outbox.append(_outbox_row(rt.settings, nid, m, g, w, now=now))
-            changes.append(decisions.Change(m.id, snap.state, fields, extra=extra))
+            changes.append(_change(m, snap, g, fields, extra))
             _log_member(m, g, outcome, res)
-        decisions.apply(s, changes, now=now)
+        decisions.apply(s, changes, now=now, how=How.of_trigger(trigger))
         attempts.add(s, attempt_rows)
         result.notifications = notifications.insert(s, outbox)
         members.release_claims(s, released, owner)
+
+
+def _change(
+    m: Member,
+    snap: MemberSnapshot,
+    g: Generate,
+    fields: ReauthFields,
+    extra: dict[str, Any] | None = None,
+) -> decisions.Change:
+    """The decision after an MX call (or a deferred link): it may open an episode and, when a
+    link went into the outbox, records it (the funnel's LINK)."""
+    return decisions.Change(
+        m.id, snap.state, fields, extra=extra or {}, before_reminders=g.reminder - 1,
+        new_episode=g.new_episode,
+    )  # fmt: skip
 
 
 def _outbox_row(

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from models import Member, Notification
 from worker.core.contract import link_is_stale
 from worker.core.states import NotificationStatus as NS
-from worker.store import leases
+from worker.store import funnel, leases
 
 N = Notification
 
@@ -351,9 +351,10 @@ def renew(session: Session, ids: Iterable[uuid.UUID], owner: str, *, until: date
 
 
 def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None:
-    """Not filtered on the owner: the message did go out, whoever holds the claim now."""
+    """Not filtered on the owner: the message did go out, whoever holds the claim now.
+    The rows marked are the funnel's NOTIFIED (same transaction)."""
     if ids:
-        session.execute(
+        sent = session.execute(
             update(N)
             .where(N.id.in_(ids), N.status == NS.PENDING)
             .values(
@@ -365,8 +366,10 @@ def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None
                 last_error=None,
                 updated_at=now,
             )
+            .returning(N.member_id, N.payload)
             .execution_options(synchronize_session=False)
-        )
+        ).all()
+        funnel.notified(session, [(r.member_id, dict(r.payload)) for r in sent], now)
 
 
 def held_rows(session: Session, ids: Iterable[uuid.UUID], owner: str) -> list[Notification]:

@@ -43,6 +43,24 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def security_headers(nonce: str, *, form_action: str, hsts: bool) -> dict[str, str]:
+    """The headers of every page this server answers (the ops listener's too)."""
+    h = {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            f"connect-src 'self'; form-action {form_action}; frame-ancestors 'none'; "
+            "base-uri 'none'"
+        ),
+    }
+    if hsts:
+        h["Strict-Transport-Security"] = "max-age=31536000"
+    return h
+
+
 class ReconnectApp:
     """Routes over one runtime. Built by :func:`create_app`."""
 
@@ -67,20 +85,7 @@ class ReconnectApp:
         return origin is not None and origin not in {"null", self.public_origin}
 
     def headers(self, nonce: str) -> dict[str, str]:
-        h = {
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-            "X-Frame-Options": "DENY",
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": (
-                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-                f"connect-src 'self'; form-action {self.form_action}; frame-ancestors 'none'; "
-                "base-uri 'none'"
-            ),
-        }
-        if self.hsts:
-            h["Strict-Transport-Security"] = "max-age=31536000"
-        return h
+        return security_headers(nonce, form_action=self.form_action, hsts=self.hsts)
 
     def html(self, status: int, render: Callable[[str], str]) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
