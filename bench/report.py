@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.report_webhooks import webhooks_markdown
+
 #: The issue's targets (2 cores, 24 GiB).
 TARGET_E2E_PER_S = 1000.0
 TARGET_VS_NAIVE_100MS = 50.0
@@ -149,9 +151,16 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The human-readable results page (bench/RESULTS.md): the pipeline run and, when there is
     one, the serve run (``results["serve"]``), each with its own command and date."""
-    if "rows" not in results:  # only a serve or funnel run so far
-        return "\n".join(["# Benchmark results", "", *serve_markdown(results.get("serve")),
-                          *funnel_markdown(results.get("funnel"))])  # fmt: skip
+    if "rows" not in results:  # only a serve, webhooks or funnel run so far
+        return "\n".join(
+            [
+                "# Benchmark results",
+                "",
+                *serve_markdown(results.get("serve")),
+                *webhooks_markdown(results.get("webhooks")),
+                *funnel_markdown(results.get("funnel")),
+            ]
+        )
     cfg, env, rows = results["config"], results["environment"], results["rows"]
     parts = [
         "# Benchmark results",
@@ -279,6 +288,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
     parts += serve_markdown(results.get("serve"))
+    parts += webhooks_markdown(results.get("webhooks"))
     parts += funnel_markdown(results.get("funnel"))
     notes = results.get("notes") or []
     if notes:

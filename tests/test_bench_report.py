@@ -219,3 +219,46 @@ def test_serve_section_is_added_to_the_page_and_kept_alone() -> None:
     alone = report.markdown({"serve": serve})
     assert "## `reauth serve`" in alone
     assert "## Targets" not in alone
+
+
+def _webhook_run(per_s: float, p99: float, stored: int, p50_e2e: float) -> dict[str, Any]:
+    ingest = {
+        "kind": "ingest", "connections": 16, "serve_workers": 1, "requests": 1000,
+        "non_2xx": 0, "connect_errors": 0, "read_errors": 0, "write_errors": 0, "timeouts": 0,
+        "per_s": per_s, "p50_ms": 5.0, "p99_ms": p99, "stored": stored, "vs_baseline": 0.1,
+        "cpu_ms": {"server": 0.5, "postgres": 0.1, "redis": 0.01, "other": 0.2},
+    }  # fmt: skip
+    e2e = {
+        "kind": "e2e", "events": 1000, "rate": 1000.0, "latency_s": 0.05, "processes": 2,
+        "statuses": {"204": 1000}, "notified": 1000, "p50_ms": p50_e2e, "p90_ms": 1.0,
+        "p99_ms": 1.0, "max_ms": 1.0, "all_s": 3.0, "inbox": {"applied": 1000},
+        "phases_p50_ms": {"stored": 5.0, "applied": 50.0, "uri_attempt": 90.0, "outbox": 90.0,
+                          "sent": 99.0},
+    }  # fmt: skip
+    return {
+        "command": "uv run python -m bench webhooks", "finished_at": "now", "duration_s": 60.0,
+        "config": {"seconds": 10.0}, "environment": {"cpus": 2},
+        "rows": [{"kind": "ingest_baseline", "per_s": 10_000.0, "p50_ms": 1.0, "p99_ms": 2.0},
+                 ingest, e2e],
+    }  # fmt: skip
+
+
+def test_webhook_targets_need_rate_p99_and_every_204_stored() -> None:
+    from bench import report_webhooks
+
+    met = report_webhooks.webhook_targets(_webhook_run(1200.0, 20.0, 1003, 1500.0))
+    assert [t["met"] for t in met] == [True, True]
+    slow = report_webhooks.webhook_targets(_webhook_run(1200.0, 30.0, 1000, 2500.0))
+    assert [t["met"] for t in slow] == [False, False]
+    lost = report_webhooks.webhook_targets(_webhook_run(1200.0, 20.0, 999, 1500.0))
+    assert lost[0]["met"] is False  # a 204 without its row is never a pass
+
+
+def test_webhook_section_is_added_to_the_page() -> None:
+    run = _webhook_run(1200.0, 20.0, 1000, 1500.0)
+    from bench import report_webhooks
+
+    run["targets"] = report_webhooks.webhook_targets(run)
+    page = report.markdown({"webhooks": run})
+    assert "## MX webhooks: intake and webhook-to-stream latency" in page
+    assert "Where the time goes" in page

@@ -4,6 +4,7 @@ ops credentials, the ops listener (``GET /ops/report``) on its own socket."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import typer
@@ -13,9 +14,11 @@ from worker.cli.output import setup
 from worker.errors import ConfigError
 
 
-async def serve_all(servers: list[Any]) -> None:
-    """Run uvicorn servers together; when one stops (a signal reaches only the last one's
-    handler), all stop."""
+async def serve_all(
+    servers: list[Any], *, sockets: list[list[socket.socket] | None] | None = None
+) -> None:
+    """Run uvicorn servers together (``sockets``: each one's pre-bound sockets, or None to
+    bind its own); when one stops (a signal reaches only the last one's handler), all stop."""
 
     async def watch() -> None:
         # should_exit is a plain attribute set by uvicorn's signal handler: polled.
@@ -26,7 +29,8 @@ async def serve_all(servers: list[Any]) -> None:
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.gather(*(s.serve() for s in servers))
+        bound = sockets or [None] * len(servers)
+        await asyncio.gather(*(s.serve(sockets=b) for s, b in zip(servers, bound, strict=True)))
     finally:
         watcher.cancel()
 
@@ -35,12 +39,19 @@ async def serve_all(servers: list[Any]) -> None:
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
+    reuse_port: bool = typer.Option(
+        False,
+        "--reuse-port",
+        help="Bind with SO_REUSEPORT, so several `reauth serve` processes can share the port "
+        "(the kernel spreads connections between them); REAUTH_METRICS_PORT is per process: "
+        "leave it unset or give each process its own.",
+    ),
 ) -> None:
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
     import uvicorn
 
     from worker.runtime import Runtime
-    from worker.serving import uvicorn_config
+    from worker.serving import reuse_port_socket, uvicorn_config
     from worker.web.app import create_app
     from worker.web.ops import create_ops_app
 
@@ -62,14 +73,19 @@ def serve(
     try:
         # No access log: request paths carry reconnect tokens.
         public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
+        # With --reuse-port every process binds its listeners with SO_REUSEPORT.
+        public_sockets = [reuse_port_socket(host, port)] if reuse_port else None
         if not settings.ops_enabled:
-            public.run()
+            public.run(sockets=public_sockets)
             return
         assert settings.ops_port is not None
         ops = uvicorn.Server(
             uvicorn_config(create_ops_app(rt), settings.ops_host, settings.ops_port,
                            lifespan="off")
         )  # fmt: skip
-        asyncio.run(serve_all([public, ops]))
+        ops_sockets = (
+            [reuse_port_socket(settings.ops_host, settings.ops_port)] if reuse_port else None
+        )
+        asyncio.run(serve_all([public, ops], sockets=[public_sockets, ops_sockets]))
     finally:
         rt.close()

@@ -226,10 +226,11 @@ def update_members(session: Session, rows: list[dict[str, Any]]) -> None:
 def by_guids(
     session: Session, guids: Sequence[str], *, for_update: bool = False
 ) -> dict[str, Member]:
-    """Members by guid; ``for_update`` locks them (PostgreSQL) against a concurrent batch write."""
+    """Members by guid; ``for_update`` locks them (PostgreSQL) against a concurrent batch write,
+    in id order (two writers locking several members take them in the same order)."""
     stmt = select(Member).where(Member.member_guid.in_(guids))
     if for_update:
-        stmt = stmt.with_for_update()
+        stmt = stmt.order_by(Member.id).with_for_update()
     return {m.member_guid: m for m in session.scalars(stmt)}
 
 
