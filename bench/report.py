@@ -173,9 +173,35 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: dict[str, Any]) -> str:
+#: Hand-written sections of RESULTS.md (findings of a profiling round, taken outside a full
+#: run) sit between these markers; a new full run keeps them (see :func:`kept_sections`).
+KEEP_BEGIN = "<!-- kept by python -m bench: hand-written section -->"
+KEEP_END = "<!-- end of hand-written section -->"
+
+
+def kept_sections(page: str) -> str:
+    """The hand-written blocks (markers included) of a previous RESULTS.md, in order."""
+    blocks = []
+    rest = page
+    while KEEP_BEGIN in rest:
+        start = rest.index(KEEP_BEGIN)
+        end = rest.find(KEEP_END, start)
+        if end < 0:
+            break
+        blocks.append(rest[start : end + len(KEEP_END)])
+        rest = rest[end + len(KEEP_END) :]
+    return "\n\n".join(blocks)
+
+
+def markdown(results: dict[str, Any], kept: str = "") -> str:
     """The human-readable results page (bench/RESULTS.md): the pipeline run and, when there is
-    one, the serve run (``results["serve"]``), each with its own command and date."""
+    one, the serve run (``results["serve"]``), each with its own command and date; ``kept``
+    (:func:`kept_sections` of the previous page) is appended unchanged."""
+    page = _markdown(results)
+    return f"{page.rstrip()}\n\n{kept}\n" if kept else page
+
+
+def _markdown(results: dict[str, Any]) -> str:
     if "rows" not in results:  # only a serve run so far
         return "\n".join(["# Benchmark results", "", *serve_markdown(results.get("serve"))])
     cfg, env, rows = results["config"], results["environment"], results["rows"]

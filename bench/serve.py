@@ -470,7 +470,9 @@ def write(serve: dict[str, Any], out: Path) -> None:
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     results["serve"] = serve
     path.write_text(json.dumps(results, indent=2) + "\n")
-    (out / "RESULTS.md").write_text(report.markdown(results))
+    page = out / "RESULTS.md"
+    kept = report.kept_sections(page.read_text()) if page.exists() else ""
+    page.write_text(report.markdown(results, kept))
     for t in serve["targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
     print(f"wrote {path}, {out / 'RESULTS.md'}")

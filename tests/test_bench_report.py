@@ -256,3 +256,17 @@ def test_serve_section_is_added_to_the_page_and_kept_alone() -> None:
     alone = report.markdown({"serve": serve})
     assert "## `reauth serve`" in alone
     assert "## Targets" not in alone
+
+
+def test_hand_written_sections_survive_a_new_run() -> None:
+    note = f"{report.KEEP_BEGIN}\n## Speed round two\n\nCPU figures.\n{report.KEEP_END}"
+    old = f"# Benchmark results\n\n## Targets\n\nold table\n\n{note}\n\n## Notes\n"
+    kept = report.kept_sections(old)
+    assert kept == note
+    page = report.markdown(_results(), kept)
+    assert page.startswith("# Benchmark results")
+    assert page.rstrip().endswith(report.KEEP_END)
+    assert page.count("## Speed round two") == 1
+    assert "old table" not in page
+    assert report.kept_sections(page) == note  # and the run after that keeps it again
+    assert report.kept_sections("# Benchmark results\n") == ""
