@@ -37,6 +37,11 @@ def main() -> None:
     parser.add_argument("--mx-concurrency", type=int, default=64)
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--log-level", default="WARNING", help="REAUTH_LOG_LEVEL (WARNING)")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's collector settings (a pool process runs worker.runtime.tune_gc)",
+    )
     args = parser.parse_args()
 
     from pyinstrument import Profiler
@@ -69,6 +74,10 @@ def main() -> None:
         from worker.store.db import session_scope
 
         get_settings.cache_clear()
+        if not args.default_gc:
+            from worker.runtime import tune_gc
+
+            tune_gc()  # as the Celery parent does before forking its pool (worker_init)
         setup()  # the worker's logging (JSON, --log-level), as in a pool process
         rt = Runtime(get_settings())
         pages = []

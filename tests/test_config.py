@@ -182,3 +182,18 @@ def test_plain_http_mx_urls_need_the_insecure_switch(monkeypatch: pytest.MonkeyP
         load_settings()
     monkeypatch.setenv("REAUTH_ALLOW_INSECURE_URLS", "true")
     assert load_settings().mx_base_url == "http://127.0.0.1:8099"
+
+
+def test_tune_gc_freezes_the_heap_and_raises_the_thresholds() -> None:
+    import gc
+
+    from worker.runtime import GC_THRESHOLDS, tune_gc
+
+    saved = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000  # the imported modules' objects, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
