@@ -7,6 +7,7 @@ Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated
     uv run python -m bench            # full run (~15 min on 2 cores)
     uv run python -m bench --quick    # smaller sizes, same shape (~3 min)
     uv run python -m bench serve      # `reauth serve` under load (bench/serve.py, ~2 min)
+    uv run python -m bench funnel     # `reauth report` over 1,000,000 episodes (bench/funnel.py)
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         from bench import serve
 
         serve.main(argv[1:])
+        return
+    if argv[:1] == ["funnel"]:
+        from bench import funnel
+
+        funnel.main(argv[1:])
         return
     args = parse(argv)
     started = time.perf_counter()

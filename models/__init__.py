@@ -4,6 +4,7 @@ from models.attempt import Attempt
 from models.audit import Lock, OpsAction, ScanRun
 from models.base import Base, UTCDateTime
 from models.click import Click
+from models.funnel import Episode, FunnelEvent
 from models.member import Member
 from models.notification import Notification
 from models.webhook_event import WebhookEvent
@@ -12,6 +13,8 @@ __all__ = [
     "Attempt",
     "Base",
     "Click",
+    "Episode",
+    "FunnelEvent",
     "Lock",
     "Member",
     "Notification",

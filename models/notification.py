@@ -38,6 +38,12 @@ class Notification(TimestampMixin, Base):
     #: When the purge replaced this sent row's ``oauth_window_uri`` by its fingerprint
     #: (``REAUTH_LINK_MAX_AGE`` after delivery): the link is a secret with a short life.
     link_cleared_at: Mapped[datetime | None]
+    #: ``REAUTH_NOTIFY_GROUPING=user``: the message this row goes out in, set by the relay before
+    #: the first delivery and kept for every retry, so a redelivered message lists the same rows
+    #: under the same id (the consumer's dedupe key). The row's own id for a message of one;
+    #: :func:`worker.core.grouping.group_id` of the member keys for a grouped one. NULL: not
+    #: grouped yet (or ``member`` grouping).
+    group_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
 
     __table_args__ = (
         Index(

@@ -72,6 +72,10 @@ def test_api_key_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REAUTH_MX_URI_HOSTS", "https://mx.com/", "not a host name"),
         ("REAUTH_MX_CREDENTIAL_FAILURE_USERS", "1", "greater than or equal to 2"),
         ("REAUTH_MX_CREDENTIAL_FAILURE_WINDOW", "0", "must be between"),
+        ("REAUTH_NOTIFY_GROUPING", "household", "member"),
+        ("REAUTH_GROUPING_WINDOW", "2d", "must be between 0s and 1d"),
+        ("REAUTH_GROUPING_WINDOW", "-1", "must be between"),
+        ("REAUTH_GROUPING_WINDOW", "inf", "finite"),
     ],
 )
 def test_invalid_values_name_the_variable(
@@ -93,6 +97,10 @@ def test_invalid_values_name_the_variable(
         ({"REAUTH_NOTIFY_SINK": "webhook"}, "REAUTH_WEBHOOK_URL"),
         ({"REAUTH_NOTIFY_SINK": "redis-stream"}, "REAUTH_REDIS_URL"),
         ({"REAUTH_TASK_TIME_LIMIT": "900"}, "REAUTH_VISIBILITY_TIMEOUT"),
+        (
+            {"REAUTH_NOTIFY_GROUPING": "user", "REAUTH_GROUPING_WINDOW": "10m"},
+            "REAUTH_GROUPING_WINDOW must be below REAUTH_LINK_MAX_AGE",
+        ),
     ],
 )
 def test_cross_field_rules(
@@ -182,6 +190,32 @@ def test_plain_http_mx_urls_need_the_insecure_switch(monkeypatch: pytest.MonkeyP
         load_settings()
     monkeypatch.setenv("REAUTH_ALLOW_INSECURE_URLS", "true")
     assert load_settings().mx_base_url == "http://127.0.0.1:8099"
+
+
+def test_grouping_defaults_to_member_and_user_grouping_loads() -> None:
+    """``member`` (today's behaviour) by default; ``user`` with a window below the link age
+    loads, and a window as long as the link age is fine when no MX link is in the message."""
+    from worker.config import NotifyGrouping
+
+    default = load_settings()
+    assert default.notify_grouping is NotifyGrouping.MEMBER
+    assert default.grouping_window == timedelta(minutes=5)
+    grouped = load_settings(notify_grouping="user", grouping_window="9m")
+    assert (grouped.notify_grouping, grouped.grouping_window) == (
+        NotifyGrouping.USER,
+        timedelta(minutes=9),
+    )
+    assert load_settings(notify_grouping="member", grouping_window="10m").grouping_window == (
+        timedelta(minutes=10)
+    )
+    reconnect_only = load_settings(
+        notify_grouping="user",
+        grouping_window="1h",
+        link_mode="reconnect",
+        public_url="https://reauth.example",
+        reconnect_secrets="k" * 32,
+    )
+    assert reconnect_only.grouping_window == timedelta(hours=1)
 
 
 def test_tune_gc_freezes_the_heap_and_raises_the_thresholds() -> None:

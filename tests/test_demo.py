@@ -41,10 +41,58 @@ def test_demo_covers_every_branch_and_is_idempotent(
     lines = (tmp_path / "notifications.jsonl").read_text().splitlines()
     assert len(lines) == notified
 
+    _check_funnel(first, tmp_path, capsys)
+
     second = _demo(capsys)
+    # Nobody clicks twice: the funnel is what the first run left.
+    assert second["funnel"]["people"]["complete"] == 0  # type: ignore[index]
+    assert second["funnel"]["funnel"] == first["funnel"]["funnel"]  # type: ignore[index]
     assert second["summary"]["notifications_created_now"] == 0  # type: ignore[index]
     assert second["summary"]["mx_calls"] == 0  # type: ignore[index]
     assert len((tmp_path / "notifications.jsonl").read_text().splitlines()) == notified
+
+
+def _check_funnel(
+    result: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's funnel summary matches the database, and `reauth report --html` renders."""
+    from sqlalchemy import create_engine, func, select
+
+    from models import Click, Episode
+
+    summary = result["funnel"]
+    assert isinstance(summary, dict)
+    people, counts = summary["people"], summary["funnel"]
+    assert people["complete"] > 0
+    assert people["abandon"] > 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'reauth.db'}")
+    try:
+        with engine.connect() as conn:
+
+            def n(*where: object) -> int:
+                return int(conn.scalar(select(func.count()).select_from(Episode).where(*where)))
+
+            assert counts["detected"] == n()
+            assert counts["notified"] == n(Episode.notified_at.is_not(None))
+            assert counts["clicked"] == n(Episode.clicked_at.is_not(None))
+            assert counts["confirmed"] == n(Episode.confirmed_at.is_not(None))
+            assert counts["clicked"] == people["complete"] + people["abandon"]
+            assert counts["confirmed"] == people["complete"]
+            assert n(Episode.result == "CANCELLED") == people["abandon"]
+            assert summary["outcomes"]["reconnected"] == people["complete"]
+            presses = conn.scalar(
+                select(func.count()).select_from(Click).where(Click.outcome == "minted")
+            )
+            assert presses == counts["clicked"]
+    finally:
+        engine.dispose()
+    page = tmp_path / "funnel.html"
+    main(["report", "--html", str(page), "--json"])
+    assert (
+        json.loads(capsys.readouterr().out)["overall"]["funnel"][0]["count"] == counts["detected"]
+    )
+    assert "Re-authentication funnel" in page.read_text()
+    assert page.read_text().count("<svg") == 2
 
 
 def test_demo_serve_keeps_links_clickable(tmp_path: Path) -> None:

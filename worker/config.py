@@ -98,6 +98,14 @@ class LogFormat(StrEnum):
     CONSOLE = "console"
 
 
+class NotifyGrouping(StrEnum):
+    """``member``: one message per (member, episode, reminder); ``user``: the due messages of
+    one user within ``REAUTH_GROUPING_WINDOW`` go out as one ``reauth.oauth_links`` message."""
+
+    MEMBER = "member"
+    USER = "user"
+
+
 class NotifySink(StrEnum):
     REDIS_STREAM = "redis-stream"
     WEBHOOK = "webhook"
@@ -134,6 +142,9 @@ _DURATION_RANGES: dict[str, tuple[timedelta, timedelta, str]] = {
     # and nothing is ever delivered.
     "link_max_age": (timedelta(minutes=1), timedelta(days=7), ""),
     "claim_heartbeat": (timedelta(seconds=1), timedelta(hours=1), ""),
+    # How long the relay may hold a person's first due message for its siblings. Zero groups
+    # only what is due in the same relay pass; a day is already far too late for a broken link.
+    "grouping_window": (timedelta(0), timedelta(days=1), ""),
     "reconnect_ttl": (timedelta(minutes=1), timedelta(days=90), ""),
     "confirm_window": (timedelta(seconds=1), timedelta(days=1), ""),
     "mx_credential_failure_window": (timedelta(seconds=1), timedelta(days=1), ""),
@@ -522,6 +533,12 @@ class Settings(BaseSettings):
     notify_batch_size: int = Field(default=500, ge=1, le=10_000)
     notify_lease: timedelta = timedelta(seconds=30)
     link_max_age: timedelta = timedelta(minutes=10)
+    #: ``member`` (one message per member reminder) or ``user`` (one message per person).
+    notify_grouping: NotifyGrouping = NotifyGrouping.MEMBER
+    #: With ``user`` grouping: the longest a due message waits for its siblings, measured from
+    #: the user's earliest due message. Below REAUTH_LINK_MAX_AGE (checked), or every held link
+    #: would go stale and cost a second MX call.
+    grouping_window: timedelta = timedelta(minutes=5)
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     #: The deadline of one whole delivery (connect, send, answer), seconds.
@@ -561,6 +578,10 @@ class Settings(BaseSettings):
     retention_ops_actions: timedelta = timedelta(days=365)
     retention_scan_runs: timedelta = timedelta(days=30)
     retention_clicks: timedelta = timedelta(days=90)
+    #: Funnel events (one row per fact) and episode summaries (what `reauth report` reads: kept
+    #: longer, so a year-on-year report works after the events are gone). docs/FUNNEL.md.
+    retention_funnel_events: timedelta = timedelta(days=90)
+    retention_episodes: timedelta = timedelta(days=400)
     #: Rows per DELETE (one short transaction each).
     retention_batch_size: int = Field(default=1000, ge=1, le=10_000)
     #: How often beat runs the purge.
@@ -569,7 +590,8 @@ class Settings(BaseSettings):
     @field_validator(
         "retention_attempts", "retention_notifications_sent", "retention_notifications_dead",
         "retention_notifications_canceled", "retention_ops_actions", "retention_scan_runs",
-        "retention_clicks", "retention_interval", mode="before",
+        "retention_clicks", "retention_funnel_events", "retention_episodes", "retention_interval",
+        mode="before",
     )  # fmt: skip
     @classmethod
     def _parse_lifecycle_durations(cls, value: Any, info: ValidationInfo) -> Any:
@@ -580,7 +602,7 @@ class Settings(BaseSettings):
     @field_validator(
         "retention_attempts", "retention_notifications_sent", "retention_notifications_dead",
         "retention_notifications_canceled", "retention_ops_actions", "retention_scan_runs",
-        "retention_clicks",
+        "retention_clicks", "retention_funnel_events", "retention_episodes",
     )  # fmt: skip
     @classmethod
     def _check_retention(cls, value: timedelta) -> timedelta:
@@ -592,6 +614,27 @@ class Settings(BaseSettings):
     @classmethod
     def _check_retention_interval(cls, value: timedelta) -> timedelta:
         return _check_duration(value, (timedelta(minutes=1), timedelta(days=1), ""))
+
+    # --- the ops listener of reauth serve (GET /ops/report) ------------------------------
+    #: Off unless the port and both credentials are set; never the public port.
+    ops_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Loopback by default: put it behind your VPN or an SSH tunnel, not on the internet.
+    ops_host: str = "127.0.0.1"
+    ops_username: str | None = None
+    ops_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_ops_listener(self) -> Settings:
+        if (self.ops_username is None) != (self.ops_password is None):
+            raise ValueError("REAUTH_OPS_USERNAME and REAUTH_OPS_PASSWORD: set both or neither")
+        if self.ops_password is not None and len(self.ops_password.get_secret_value()) < 12:
+            raise ValueError("REAUTH_OPS_PASSWORD: at least 12 characters")
+        return self
+
+    @property
+    def ops_enabled(self) -> bool:
+        """The ops listener runs: a port and both credentials are set."""
+        return bool(self.ops_port and self.ops_username and self.ops_password)
 
     # --- MX webhooks (reauth serve: POST /mx/webhooks) ----------------------------------
     #: HTTP Basic credentials MX sends with each webhook; both unset: the route answers 404.
@@ -957,6 +1000,17 @@ class Settings(BaseSettings):
         # they need to outlast a few heartbeats (checked below), not the calls themselves.
         if self.backoff_base > self.backoff_cap:
             problems.append("REAUTH_BACKOFF_BASE must not be above REAUTH_BACKOFF_CAP")
+        if (
+            self.notify_grouping is NotifyGrouping.USER
+            and self.link_mode is LinkMode.BOTH
+            and self.grouping_window >= self.link_max_age
+        ):
+            problems.append(
+                "REAUTH_GROUPING_WINDOW must be below REAUTH_LINK_MAX_AGE with "
+                "REAUTH_NOTIFY_GROUPING=user, or every held link goes stale before it is sent "
+                f"({_format_duration(self.grouping_window)} >= "
+                f"{_format_duration(self.link_max_age)})"
+            )
         return problems
 
     # --- derived -----------------------------------------------------------------------------

@@ -235,6 +235,10 @@ def run_demo(
             },
             "backends": _backends(settings),
         }
+        # The end of the demo: some people click and complete, some abandon; the funnel.
+        from worker import demo_funnel
+
+        result["funnel"] = demo_funnel.simulate(settings, sandbox)
         if serve_port is not None and while_serving is not None:
             _serve(settings, serve_port, result, while_serving)
     return result

@@ -2,7 +2,13 @@
 
 Celery prefork children are separate processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set,
 prometheus-client's multiprocess mode aggregates them and the parent serves the sum; otherwise
-each process serves only its own figures.
+each process serves only its own figures. Gauges that describe the fleet (backlog, dead, gave
+up, MX pause) are set by whichever process read them last, so they aggregate as
+``mostrecent``: a child that set a high value and then died must not hold the figure up (which
+``max`` would). ``reauth serve`` is one process and serves its own registry.
+
+No metric has a per-member or per-institution label (cardinality): the worst institutions come
+from SQL (``reauth report``), not from Prometheus. docs/OBSERVABILITY.md lists every metric.
 """
 
 from __future__ import annotations
@@ -32,12 +38,33 @@ MX_URI_UNKNOWN_HOST = Counter(
 MEMBERS_DUE = Gauge("reauth_members_due", "Members due at the last scan", multiprocess_mode="max")
 #: Outbox rows not yet delivered.
 OUTBOX_BACKLOG = Gauge(
-    "reauth_outbox_backlog", "Pending notifications in the outbox", multiprocess_mode="max"
+    "reauth_outbox_backlog", "Pending notifications in the outbox", multiprocess_mode="mostrecent"
+)
+#: Outbox rows that gave up (the sink refused them or stayed down); set by each scan.
+OUTBOX_DEAD = Gauge(
+    "reauth_outbox_dead", "Dead notifications in the outbox", multiprocess_mode="mostrecent"
+)
+#: Members whose episode gave up (attempt budget spent); set by each scan.
+MEMBERS_GAVE_UP = Gauge(
+    "reauth_members_gave_up", "Members in state gave_up", multiprocess_mode="mostrecent"
+)
+#: 1 while every MX call is paused fleet-wide after a configuration error, else 0. Set by each
+#: scan (which reads the pause) and at once by the batch that pauses. The reason is free text
+#: (an exception message), so it is not a label: ``reauth status`` shows it.
+MX_PAUSED = Gauge(
+    "reauth_mx_paused", "1 while MX calls are paused fleet-wide", multiprocess_mode="mostrecent"
 )
 #: Scan duration.
 SCAN_DURATION = Histogram("reauth_scan_duration_seconds", "Duration of scans")
 #: Notifications delivered, retried or dead.
 NOTIFICATIONS = Counter("reauth_notifications_total", "Outbox deliveries by result", ["result"])
+
+#: Presses of Reconnect on the reconnect pages, by what was decided: minted (303 to MX), closed
+#: (episode already over), rate_limited (click limit), mx_error (MX failed), expired (token too
+#: old), not_found (unknown or invalid token), forbidden (not from our page).
+RECONNECT_CLICKS = Counter(
+    "reauth_reconnect_clicks_total", "Reconnect presses by outcome", ["outcome"]
+)
 
 #: MX webhooks received, by type and outcome (pending, duplicate, rejected, ignored,
 #: unauthorized, forbidden, too_large).
@@ -46,6 +73,18 @@ WEBHOOKS_RECEIVED = Counter(
 )
 #: Webhook events applied, by result (applied, ignored, retried, failed).
 WEBHOOKS_APPLIED = Counter("reauth_webhooks_applied_total", "MX webhook events applied", ["result"])
+
+#: Funnel events (docs/FUNNEL.md), counted after the transaction recording them commits. No
+#: institution label (cardinality): the worst institutions come from `reauth report`.
+FUNNEL_EVENTS = Counter(
+    "reauth_funnel_events_total", "Funnel events recorded, by stage", ["stage", "reason", "channel"]
+)
+
+
+def count_funnel(recorded: list[tuple[str, str, str]]) -> None:
+    """Count committed funnel events: (stage, reason, channel) triples."""
+    for stage, reason, channel in recorded:
+        FUNNEL_EVENTS.labels(stage=stage, reason=reason, channel=channel).inc()
 
 
 def serve(port: int) -> None:

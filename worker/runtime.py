@@ -13,6 +13,7 @@ runtime with them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import threading
 from collections.abc import Callable, Coroutine
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker import tracing
 from worker.config import Settings
 from worker.core.policy import PolicyConfig
 from worker.store.db import make_engine, session_factory
@@ -86,12 +88,18 @@ class Runtime:
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = make_engine(self.settings.database_url)
+            tracing.instrument_engine(self._engine)  # no-op unless tracing is on
         return self._engine
 
     @property
     def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:
             self._sessions = session_factory(self.engine)
+            from worker import metrics
+            from worker.store import funnel
+
+            # Counted once the transaction that recorded the events has committed.
+            funnel.on_commit(self._sessions, metrics.count_funnel)
         return self._sessions
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -99,7 +107,9 @@ class Runtime:
         with self._lock:
             if self._runner is None:
                 self._runner = asyncio.Runner(loop_factory=loop_factory())
-            return self._runner.run(coro)
+            # The caller's context, not the one the runner captured on its first run: a span (or
+            # log context) current here must be the coroutine's, not the first task's.
+            return self._runner.run(coro, context=contextvars.copy_context())
 
     @property
     def mx(self) -> MxClient:
@@ -116,6 +126,10 @@ class Runtime:
             from worker.notify.sinks import build_sink
 
             self._sink = build_sink(self.settings)
+            if tracing.enabled():
+                from worker.notify.traced import TracedSink
+
+                self._sink = TracedSink(self._sink)
         return self._sink
 
     @property

@@ -81,6 +81,54 @@ def add_notification(
     return nid
 
 
+def add_for_user(
+    sessions: sessionmaker[Session],
+    member_guid: str,
+    *,
+    user: str = "USR-1",
+    due: datetime = NOW,
+    generated_at: datetime | None = None,
+    reminder: int = 0,
+) -> uuid.UUID:
+    """A member of ``user`` and its pending notification, due (created) at ``due``."""
+    nid = uuid.uuid4()
+    with session_scope(sessions) as s:
+        member = s.scalar(select(Member).where(Member.member_guid == member_guid))
+        if member is None:
+            member = Member(
+                member_guid=member_guid,
+                user_guid=user,
+                institution_code=f"bank-{member_guid}",
+                is_oauth=True,
+                episode=1,
+            )
+            s.add(member)
+            s.flush()
+        payload = build_message(
+            notification_id=nid,
+            user_guid=user,
+            member_guid=member_guid,
+            institution_code=member.institution_code,
+            reason="revoked",
+            oauth_window_uri=oauth_uri(f"{member_guid}-{reminder}"),
+            generated_at=generated_at or due,
+            episode=1,
+            reminder=reminder,
+            skip_aggregation=False,
+            channel="BROWSER",
+        )
+        s.add(
+            Notification(
+                id=nid,
+                idempotency_key=idempotency_key(member_guid, 1, reminder),
+                member_id=member.id,
+                payload=payload,
+                created_at=due,
+            )
+        )
+    return nid
+
+
 def get_row(sessions: sessionmaker[Session], nid: uuid.UUID) -> Notification:
     with session_scope(sessions) as session:
         row = session.get(Notification, nid)

@@ -81,6 +81,10 @@ def test_forget_a_member_leaves_no_row_naming_it(
     assert cli(capsys, "scan", "--inline", "--json")[0] == 0
     _busy_member(capsys, engine, "MBR-erase-1")
     assert "MBR-erase-1" in _everything(engine)
+    with engine.connect() as conn:
+        mid = conn.scalar(select(Member.id).where(Member.member_guid == "MBR-erase-1"))
+        # The funnel names the member by id: its episode and events exist before.
+        assert conn.scalar(select(models.Episode.id).where(models.Episode.member_id == mid))
 
     code, out = cli(
         capsys, "forget", "--member", "MBR-erase-1", "--why", "erasure request MBR-erase-1",
@@ -92,7 +96,12 @@ def test_forget_a_member_leaves_no_row_naming_it(
     assert out["notifications"] >= 2
     assert out["pending_canceled"] == 1
     assert out["clicks"] == 1
+    assert out["funnel_events"] >= 1
+    assert out["episodes"] == 1
     assert out["ops_actions_redacted"] >= 2
+    with engine.connect() as conn:
+        for table in (models.Episode, models.FunnelEvent):
+            assert list(conn.execute(select(table).where(table.member_id == mid))) == []
 
     everything = _everything(engine)
     assert "MBR-erase-1" not in everything

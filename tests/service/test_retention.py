@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, delete, func, insert, select, text
 
-from models import Attempt, Click, Member, Notification, OpsAction, ScanRun, WebhookEvent
+from models import (
+    Attempt,
+    Click,
+    Episode,
+    FunnelEvent,
+    Member,
+    Notification,
+    OpsAction,
+    ScanRun,
+    WebhookEvent,
+)
 from tests.pipeline_helpers import cli
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError
@@ -122,6 +132,17 @@ def _world(engine: Engine) -> dict[str, Any]:
                     attempts=0, received_at=at,
                 )
             )  # fmt: skip
+        # Episode summaries are kept 400 days by default: "old" for them is older still.
+        for n, at in enumerate((OLD - timedelta(days=400), OLD - timedelta(days=400), FRESH)):
+            conn.execute(
+                insert(FunnelEvent).values(member_id=mid, episode=n, stage="detected", at=at)
+            )
+            conn.execute(
+                insert(Episode).values(
+                    member_id=mid, episode=n, detected_at=at, detected_how="scan",
+                    reminders_sent=0,
+                )
+            )  # fmt: skip
     return ids
 
 
@@ -140,6 +161,7 @@ def test_purge_deletes_old_rows_in_bounded_batches_and_keeps_fresh_ones(rt: Runt
     assert {n: k.rows for n, k in by_name.items()} == {
         "clicks": 2, "attempts": 2, "notifications_sent": 2, "notifications_dead": 2,
         "notifications_canceled": 2, "ops_actions": 2, "scan_runs": 2, "webhook_events": 2,
+        "funnel_events": 2, "episodes": 2,
     }  # fmt: skip
     for k in result.kinds:
         assert k.max_batch <= 2
@@ -148,7 +170,7 @@ def test_purge_deletes_old_rows_in_bounded_batches_and_keeps_fresh_ones(rt: Runt
     for status in ("sent", "dead", "canceled"):
         assert _count(rt.engine, Notification, Notification.status == status) == 1
     assert _count(rt.engine, Notification, Notification.status == "pending") == 1
-    for model in (Attempt, Click, OpsAction, ScanRun):
+    for model in (Attempt, Click, OpsAction, ScanRun, FunnelEvent, Episode):
         assert _count(rt.engine, model) == 1
     assert _count(rt.engine, Member) == 1
     # The fresh webhook event and the old pending one (still to be applied) stay.
@@ -241,6 +263,8 @@ def test_every_batch_statement_reads_an_index(pg_url: str) -> None:
         "ops_actions": "ix_ops_actions_created_at",
         "scan_runs": "ix_scan_runs_started_at",
         "webhook_events": "ix_webhook_events_received_at",
+        "funnel_events": "ix_funnel_events_at",
+        "episodes": "ix_episodes_detected_at",
     }
     try:
         with engine.connect() as conn:

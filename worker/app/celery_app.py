@@ -132,6 +132,15 @@ def _unbind_task(**_: Any) -> None:
     clear_context()
 
 
+@signals.worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    # Each prefork child traces on its own (an exporter's thread does not survive a fork);
+    # a no-op unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    from worker import tracing
+
+    tracing.setup("reauth-worker")
+
+
 @signals.worker_process_shutdown.connect
 def _close_runtime(pid: int | None = None, **_: Any) -> None:
     import os

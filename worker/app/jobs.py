@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from worker import failpoints
+from worker import failpoints, tracing
 from worker.core.policy import Reason
 from worker.runtime import Runtime
 from worker.service import deliver as delivery
@@ -37,7 +37,11 @@ def scan(
     def hand_on(ids: list[int], owner: str) -> None:
         rt.followups.regenerate(ids, owner, force=False, trigger="scan")
 
-    return run_scan(rt, hand_on, clock=clock, trigger=trigger, limit=limit, reason=reason)
+    with tracing.span("reauth.scan", {"reauth.trigger": trigger}) as current:
+        result = run_scan(rt, hand_on, clock=clock, trigger=trigger, limit=limit, reason=reason)
+        if current is not None:
+            current.set_attribute("reauth.claimed", result.claimed)
+        return result
 
 
 def sweep_claims(rt: Runtime, *, clock: Clock) -> ScanResult | None:
@@ -60,19 +64,27 @@ def regenerate(
     task_id: str | None = None,
 ) -> BatchResult:
     """Generate fresh URIs for a claimed batch; start a delivery when it queued notifications."""
-    result = regenerate_batch(
-        rt, ids, owner, clock=clock, force=force, trigger=trigger, task_id=task_id
-    )
-    failpoints.hit("after_commit")
-    if result.notifications:
-        rt.followups.deliver()
-    return result
+    with tracing.span(
+        "reauth.regenerate",
+        {"reauth.trigger": trigger, "reauth.batch_size": len(ids), "reauth.force": force},
+    ):
+        result = regenerate_batch(
+            rt, ids, owner, clock=clock, force=force, trigger=trigger, task_id=task_id
+        )
+        failpoints.hit("after_commit")
+        if result.notifications:
+            rt.followups.deliver()
+        return result
 
 
 def deliver(rt: Runtime, *, owner: str, clock: Clock) -> dict[str, Any]:
     """One delivery pass over the outbox (after batch commits, and on beat as a sweeper)."""
     rt.followups.delivery_started()
-    return delivery.deliver(rt, clock=clock, owner=owner)
+    with tracing.span("reauth.deliver") as current:
+        totals = delivery.deliver(rt, clock=clock, owner=owner)
+        if current is not None:
+            current.set_attribute("reauth.sent", int(totals.get("sent", 0)))
+        return totals
 
 
 def purge(rt: Runtime, *, clock: Clock) -> retention.PurgeResult:
@@ -95,4 +107,5 @@ def apply_webhooks(rt: Runtime, *, clock: Clock, sweep: bool = False) -> webhook
         if claimed:
             rt.followups.regenerate(claimed, owner, force=False, trigger="webhook")
 
-    return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)
+    with tracing.span("reauth.apply_webhooks", {"reauth.sweep": sweep}):
+        return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)

@@ -39,6 +39,7 @@ def _register() -> None:
         members,
         notifications,
         processes,
+        report,
         run,
         sandbox,
         serve,

@@ -84,6 +84,7 @@ def forget(
     console.print(
         f"forgot {result['by']} {safe(result['guid_sha256'])}: {result['members']} members, "
         f"{result['attempts']} attempts, {result['notifications']} notifications "
-        f"({result['pending_canceled']} pending canceled), {result['clicks']} clicks; "
+        f"({result['pending_canceled']} pending canceled), {result['clicks']} clicks, "
+        f"{result['episodes']} funnel episodes ({result['funnel_events']} events); "
         f"{result['ops_actions_redacted']} earlier audit rows redacted"
     )

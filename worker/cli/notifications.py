@@ -66,6 +66,8 @@ def _row(n: Notification) -> dict[str, Any]:
         "next_attempt_at": _iso(n.next_attempt_at),
         "sent_at": _iso(n.sent_at),
         "last_error": n.last_error,
+        # REAUTH_NOTIFY_GROUPING=user: the id of the message it went (or goes) out in.
+        "group_id": str(n.group_id) if n.group_id is not None else None,
     }
 
 

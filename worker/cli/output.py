@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
+from worker import tracing
 from worker.config import Settings, get_settings
 from worker.logging import configure_logging, setup_from_settings
 from worker.runtime import Runtime
@@ -38,6 +39,7 @@ def setup(*, quiet: bool = False) -> Settings:
     """Load settings (ConfigError → exit 2 in main) and configure logging once."""
     settings = get_settings()
     setup_from_settings(settings, level="WARNING" if quiet else None)
+    tracing.setup("reauth")  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     return settings
 
 

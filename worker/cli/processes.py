@@ -142,3 +142,7 @@ def _print_demo(result: dict[str, Any]) -> None:
         "Run it again: members already notified wait for the user, so no duplicate "
         "notification is created. `reauth status` and `reauth history MEMBER` show the rest."
     )
+    if "funnel" in result:
+        from worker.demo_funnel import describe
+
+        console.print(describe(result["funnel"]), style="bold")

@@ -1,12 +1,34 @@
-"""``reauth serve``: the reconnect pages (and, with REAUTH_OPS_PORT, nothing else yet)."""
+"""``reauth serve``: the reconnect pages on the public port and, with REAUTH_OPS_PORT and the
+ops credentials, the ops listener (``GET /ops/report``) on its own socket."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import typer
 
 from worker.cli import app
 from worker.cli.output import setup
 from worker.errors import ConfigError
+
+
+async def serve_all(servers: list[Any]) -> None:
+    """Run uvicorn servers together; when one stops (a signal reaches only the last one's
+    handler), all stop."""
+
+    async def watch() -> None:
+        # should_exit is a plain attribute set by uvicorn's signal handler: polled.
+        while not any(s.should_exit for s in servers):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        for s in servers:
+            s.should_exit = True
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.gather(*(s.serve() for s in servers))
+    finally:
+        watcher.cancel()
 
 
 @app.command("serve")
@@ -20,6 +42,7 @@ def serve(
     from worker.runtime import Runtime
     from worker.serving import uvicorn_config
     from worker.web.app import create_app
+    from worker.web.ops import create_ops_app
 
     settings = setup()
     if not settings.reconnect_enabled:
@@ -28,9 +51,25 @@ def serve(
             "and REAUTH_RECONNECT_SECRETS (at least one key of 32+ bytes)"
         )
     settings.require_mx_credentials()
+    if settings.ops_enabled and settings.ops_port == port:
+        raise ConfigError(f"REAUTH_OPS_PORT ({port}) must differ from the public --port")
+    if settings.metrics_port:
+        from worker import metrics
+
+        # One process: its own registry (clicks, webhook intake, MX calls of the presses).
+        metrics.serve(settings.metrics_port)
     rt = Runtime(settings)
     try:
         # No access log: request paths carry reconnect tokens.
-        uvicorn.Server(uvicorn_config(create_app(rt), host, port)).run()
+        public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
+        if not settings.ops_enabled:
+            public.run()
+            return
+        assert settings.ops_port is not None
+        ops = uvicorn.Server(
+            uvicorn_config(create_ops_app(rt), settings.ops_host, settings.ops_port,
+                           lifespan="off")
+        )  # fmt: skip
+        asyncio.run(serve_all([public, ops]))
     finally:
         rt.close()

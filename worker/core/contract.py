@@ -5,11 +5,33 @@ docs/NOTIFICATIONS.md."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-#: ``type`` of every message this service emits.
+#: ``type`` of a message about one member (the only kind with ``REAUTH_NOTIFY_GROUPING=member``).
 MESSAGE_TYPE = "reauth.oauth_link"
+#: ``type`` of a message listing several members of one user (``REAUTH_NOTIFY_GROUPING=user``).
+GROUP_MESSAGE_TYPE = "reauth.oauth_links"
+#: Namespace of :func:`group_id` (uuid5): fixed forever, so the same keys give the same id.
+GROUP_NAMESPACE = uuid.UUID("5d0c8a8e-2f4b-4c39-9a51-6f0e2b7d9c13")
+#: What a grouped message lists for each member: the member message's fields except those the
+#: group carries once (``type``, ``version``, ``user_guid``). ``id`` is the member's
+#: notification id.
+GROUP_MEMBER_FIELDS = (
+    "id",
+    "idempotency_key",
+    "member_guid",
+    "institution_code",
+    "reason",
+    "oauth_window_uri",
+    "generated_at",
+    "reconnect_url",
+    "episode",
+    "reminder",
+    "skip_aggregation",
+    "channel",
+)
 #: Contract version; consumers should accept unknown fields.
 VERSION = 1
 
@@ -83,4 +105,31 @@ def build_message(
         "reminder": reminder,
         "skip_aggregation": skip_aggregation,
         "channel": channel,
+    }
+
+
+def group_id(keys: Iterable[str]) -> uuid.UUID:
+    """The id of a grouped message: a uuid5 of its members' idempotency keys (sorted, so the
+    order they were read in does not matter). Fixed when the group is first formed and stored
+    on its rows, so every redelivery carries the same id: the consumer's dedupe key."""
+    return uuid.uuid5(GROUP_NAMESPACE, "\n".join(sorted(set(keys))))
+
+
+def build_group_message(
+    *, message_id: uuid.UUID, user_guid: str, members: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The JSON object of a grouped message: one person, several members.
+
+    ``members`` are the members' own messages (:func:`build_message` output with their
+    notification ids), in the order the person should read them; each is listed with
+    :data:`GROUP_MEMBER_FIELDS`.
+    """
+    entries = [{name: member.get(name) for name in GROUP_MEMBER_FIELDS} for member in members]
+    return {
+        "id": str(message_id),
+        "type": GROUP_MESSAGE_TYPE,
+        "version": VERSION,
+        "user_guid": user_guid,
+        "idempotency_keys": [entry["idempotency_key"] for entry in entries],
+        "members": entries,
     }

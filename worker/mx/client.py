@@ -46,7 +46,7 @@ import httpx
 import redis.asyncio as aioredis
 import structlog
 
-from worker import metrics
+from worker import metrics, tracing
 from worker.clock import utc_now
 from worker.config import Settings, insecure_mx_url, redirect_allowed
 from worker.errors import (
@@ -220,6 +220,7 @@ class MxClient:
     def _build_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
         s = self._settings
         transport = self._transport or build_transport(s.mx_max_concurrency)
+        transport = tracing.instrument_transport(transport)  # itself unless tracing is on
         redis: aioredis.Redis | None = None
         limiter: RateLimiter
         store: SessionStore

@@ -14,6 +14,13 @@ transaction, and never talks to a sink while a transaction is open:
 
 A crash between deliver and mark leaves the row claimed; when the lease expires another run
 delivers it again with the same ``id``. Delivery is therefore at least once, and nothing is lost.
+
+With ``REAUTH_NOTIFY_GROUPING=user`` the claim takes whole users (rows not grouped yet, once the
+user's grouping window has closed) and whole groups (retries), :mod:`worker.core.grouping` forms
+one message per group, and the group's id is stored on its rows in a transaction of its own
+**before** the delivery, so a retry or a redelivery after a crash sends the same rows under the
+same id. Every row of a group shares its message's result: sent together, retried with one
+backoff, dead together; a stale link holds back its whole group.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,9 +36,11 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import failpoints
-from worker.config import Settings
+from worker.config import NotifyGrouping, Settings
+from worker.core import grouping
 from worker.core.backoff import backoff_delay
 from worker.core.contract import link_is_stale
+from worker.core.grouping import Group
 from worker.core.states import NotificationStatus
 from worker.errors import SinkError, SinkPermanentError, SinkTransientError
 from worker.logging import scrub_all
@@ -51,10 +60,13 @@ MAX_ERROR_LENGTH = 500
 class RelayResult:
     """Counts of one :func:`deliver_batch` call.
 
-    ``deferred`` counts stale rows put back untouched (their link is refreshed first).
+    ``deferred`` counts stale rows put back untouched (their link is refreshed first), with
+    the rows of their groups. Every count is of rows; ``messages`` counts the messages handed to
+    the sink (fewer than the rows with ``user`` grouping).
     """
 
     claimed: int = 0
+    messages: int = 0
     sent: int = 0
     retried: int = 0
     dead: int = 0
@@ -92,39 +104,57 @@ def record_outcomes(
     owner: str,
     result: RelayResult,
     log: Log,
+    group_of: dict[uuid.UUID, uuid.UUID] | None = None,
 ) -> None:
-    """Mark delivered rows sent; count a failed attempt on the others (held by ``owner``)."""
+    """Mark delivered rows sent; count a failed attempt on the others (held by ``owner``).
+
+    Rows of one message (``group_of``: row id → message id) share its outcome: one attempt
+    count, one backoff, dead together.
+    """
+    group_of = group_of or {}
     sent = [nid for nid, outcome in outcomes.items() if outcome.delivered]
     failed = {nid: o for nid, o in outcomes.items() if not o.delivered}
     with session_scope(sessions) as session:
         notifications.mark_sent(session, sent, now)
+        together: dict[uuid.UUID, list[Any]] = {}
         for row in notifications.held_rows(session, failed, owner):
-            outcome = failed[row.id]
+            together.setdefault(group_of.get(row.id, row.id), []).append(row)
+        for message_id, rows in together.items():
+            outcome = failed[rows[0].id]
             error = outcome.error or SinkTransientError("no error recorded")  # for the type checker
-            row.attempts += 1
-            row.last_error = _error_text(error)
-            row.claim_owner = None
-            row.claim_expires_at = None
+            attempts = max(row.attempts for row in rows) + 1
             permanent = isinstance(error, SinkPermanentError)
-            if permanent or row.attempts >= settings.notify_max_attempts:
-                row.status = NotificationStatus.DEAD
-                row.next_attempt_at = None
-                result.dead += 1
-                log.warning(
-                    "notify.dead",
-                    notification_id=str(row.id),
-                    attempts=row.attempts,
-                    error=row.last_error,
-                    permanent=permanent,
-                )
-            else:
-                row.next_attempt_at = now + backoff_delay(
-                    row.attempts,
+            dead = permanent or attempts >= settings.notify_max_attempts
+            next_at = (
+                None
+                if dead
+                else now
+                + backoff_delay(
+                    attempts,
                     base=settings.backoff_base,
                     cap=settings.backoff_cap,
                     retry_after=outcome.retry_after,
                 )
-                result.retried += 1
+            )
+            for row in rows:
+                row.attempts = attempts
+                row.last_error = _error_text(error)
+                row.claim_owner = None
+                row.claim_expires_at = None
+                row.next_attempt_at = next_at
+                if dead:
+                    row.status = NotificationStatus.DEAD
+                    result.dead += 1
+                    log.warning(
+                        "notify.dead",
+                        notification_id=str(row.id),
+                        attempts=row.attempts,
+                        error=row.last_error,
+                        permanent=permanent,
+                        **({"message_id": str(message_id)} if message_id != row.id else {}),
+                    )
+                else:
+                    result.retried += 1
     result.sent += len(sent)
     result.sent_ids.extend(sent)
 
@@ -132,10 +162,7 @@ def record_outcomes(
 # --- the relay ----------------------------------------------------------------------------------
 
 
-def _deliver(sink: Sink, batch: Sequence[Claimed], log: Log) -> dict[uuid.UUID, DeliveryResult]:
-    # The row id is authoritative for the message id: it is the consumers' dedupe key and the
-    # webhook-id, so it must not depend on what the payload happens to say.
-    messages = [{**c.payload, "id": str(c.id)} for c in batch]
+def _deliver(sink: Sink, messages: list[dict[str, Any]], log: Log) -> list[DeliveryResult]:
     try:
         results = sink.deliver(messages)
         if len(results) != len(messages):
@@ -148,7 +175,39 @@ def _deliver(sink: Sink, batch: Sequence[Claimed], log: Log) -> dict[uuid.UUID, 
         # A sink bug must not loop forever: count it as a failed attempt so it ends up dead.
         log.exception("notify.sink_failed")
         results = [DeliveryResult(SinkTransientError(_error_text(exc)))] * len(messages)
-    return {c.id: r for c, r in zip(batch, results, strict=True)}
+    return results
+
+
+def _form_groups(batch: Sequence[Claimed], settings: Settings, now: datetime) -> list[Group]:
+    if settings.notify_grouping is NotifyGrouping.MEMBER:
+        return grouping.singles(c.id for c in batch)
+    return grouping.form_groups(
+        grouping.Row(
+            id=c.id,
+            user_guid=c.user_guid,
+            idempotency_key=c.idempotency_key,
+            created_at=c.created_at if c.created_at is not None else now,  # always read here
+            group_id=c.group_id,
+        )
+        for c in batch
+    )
+
+
+def _store_new_groups(
+    sessions: sessionmaker[Session], groups: list[Group], owner: str
+) -> list[Group]:
+    """Fix the new groups on their rows before anything is delivered (crash safety: a
+    redelivery finds the same group). Rows we no longer hold (canceled meanwhile) drop out."""
+    new = [g for g in groups if g.new]
+    if not new:
+        return groups
+    with session_scope(sessions) as session:
+        kept = notifications.assign_groups(session, {g.id: g.rows for g in new}, owner)
+    stored = [
+        replace(g, rows=tuple(r for r in g.rows if r in kept), new=False) if g.new else g
+        for g in groups
+    ]
+    return [g for g in stored if g.rows]
 
 
 def _renew_leases(
@@ -195,36 +254,64 @@ def deliver_batch(
     log = structlog.get_logger(__name__).bind(relay_owner=owner, sink=sink.name)
     result = RelayResult()
     with session_scope(sessions) as session:
-        batch = notifications.claim_due(
-            session,
-            now=now,
-            owner=owner,
-            lease=settings.notify_lease,
-            limit=limit or settings.notify_batch_size,
-        )
+        if settings.notify_grouping is NotifyGrouping.USER:
+            batch = notifications.claim_due_groups(
+                session,
+                now=now,
+                owner=owner,
+                lease=settings.notify_lease,
+                limit=limit or settings.notify_batch_size,
+                cutoff=grouping.window_cutoff(now, settings.grouping_window),
+            )
+        else:
+            batch = notifications.claim_due(
+                session,
+                now=now,
+                owner=owner,
+                lease=settings.notify_lease,
+                limit=limit or settings.notify_batch_size,
+            )
     result.claimed = len(batch)
     if not batch:
         return result
 
-    stale = [c.id for c in batch if is_stale(c.payload, now, settings.link_max_age)]
+    groups = _form_groups(batch, settings, now)
+    stale = {c.id for c in batch if is_stale(c.payload, now, settings.link_max_age)}
     if stale:
-        # Delivering a link that may be dead is worse than delivering it late.
-        log.warning("notify.stale_deferred", count=len(stale))
+        # Delivering a link that may be dead is worse than delivering it late; a group waits
+        # whole, so its rows still go out together once the link is refreshed.
+        deferred = [r for g in groups if stale.intersection(g.rows) for r in g.rows]
+        log.warning("notify.stale_deferred", count=len(deferred))
         with session_scope(sessions) as session:
             notifications.release(
-                session, stale, owner, next_attempt_at=now + settings.notify_lease
+                session, deferred, owner, next_attempt_at=now + settings.notify_lease
             )
-        result.deferred = len(stale)
-        batch = [c for c in batch if c.id not in set(stale)]
-    if batch:
-        beat = _renew_leases(
-            sessions, [c.id for c in batch], owner=owner, now=now, settings=settings, log=log
-        )
+        result.deferred = len(deferred)
+        groups = [g for g in groups if not stale.intersection(g.rows)]
+    groups = _store_new_groups(sessions, groups, owner)
+    if groups:
+        payloads = {c.id: c.payload for c in batch}
+        # The row id is authoritative for a member message's id and the group id for a grouped
+        # one: it is the consumers' dedupe key and the webhook-id, so it must not depend on what
+        # the payload happens to say.
+        messages = [grouping.message_for(g, payloads) for g in groups]
+        ids = [r for g in groups for r in g.rows]
+        beat = _renew_leases(sessions, ids, owner=owner, now=now, settings=settings, log=log)
         with leases.heartbeat(beat, settings.claim_heartbeat):
-            outcomes = _deliver(sink, batch, log)
+            results = _deliver(sink, messages, log)
         failpoints.hit("after_deliver")
+        outcomes = {r: res for g, res in zip(groups, results, strict=True) for r in g.rows}
+        group_of = {r: g.id for g in groups for r in g.rows}
+        result.messages = len(messages)
         record_outcomes(
-            sessions, outcomes, settings=settings, now=now, owner=owner, result=result, log=log
+            sessions,
+            outcomes,
+            settings=settings,
+            now=now,
+            owner=owner,
+            result=result,
+            log=log,
+            group_of=group_of,
         )
     log.info("notify.relayed", **result.as_dict())
     return result

@@ -15,7 +15,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models import Member
+from worker.core.funnel import Event, Stage
 from worker.core.policy import (
+    IN_EPISODE,
     OAUTH_ERROR_REASONS,
     PolicyConfig,
     Reason,
@@ -24,7 +26,7 @@ from worker.core.policy import (
     reason_for,
 )
 from worker.errors import InputError, UnknownMemberError
-from worker.store import attempts, audit, decisions, members, notifications
+from worker.store import attempts, audit, decisions, funnel, locks, members, notifications
 
 
 def default_actor() -> str:
@@ -116,10 +118,14 @@ def oauth_result(
             },
         )
         snap = members.snapshot(m)
+        _result_events(session, m, "success", now)
         decisions.apply(
-            session, [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap))], now=now
+            session,
+            [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap), confirmed=True)],
+            now=now,
         )
     else:
+        _result_events(session, m, error_reason or "error", now)
         members.set_mx_fields(m, {"oauth_status": "ERRORED", "oauth_error_reason": error_reason})
         # A batch in flight decided on the old state; let the next scan decide again
         # (e.g. CANCELLED → abandoned).
@@ -154,31 +160,59 @@ def _reconnected(session: Session, m: Member, now: datetime) -> None:
     members.set_mx_fields(m, {**success, "connection_status": "CONNECTED"})
     snap = members.snapshot(m)
     decisions.apply(
-        session, [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap))], now=now
+        session,
+        [decisions.Change(m.id, snap.state, ended_by_oauth_success(snap), confirmed=True)],
+        now=now,
     )
 
 
-def status(session: Session) -> dict[str, Any]:
-    """Members per state and reason, outbox by status, the last scan, the gave-up count."""
+def _result_events(session: Session, m: Member, result: str, now: datetime) -> None:
+    """An OAuth result for an open episode: the funnel's RESULT (an operator's or the app's
+    word; a success is confirmed by the decision that follows)."""
+    if State(m.reauth_state) in IN_EPISODE:
+        funnel.record(session, [Event(m.id, m.episode, Stage.RESULT, now, detail=result)])
+
+
+def status(session: Session, now: datetime) -> dict[str, Any]:
+    """Members per state and reason, outbox by status (and its oldest pending row), the last
+    scan, the gave-up count, and the fleet-wide MX pause if one holds at ``now``."""
     counts = members.counts_by_state(session)
     by_state = {f"{state}/{reason or '-'}": n for (state, reason), n in counts.items()}
     last = audit.last_scan(session)
+    pause = locks.mx_pause(session, now)
+    oldest = notifications.oldest_pending_at(session)
     return {
         "members": by_state,
         "members_total": sum(by_state.values()),
         "outbox": notifications.counts_by_status(session),
+        "outbox_oldest_pending_at": None if oldest is None else oldest.isoformat(),
         "gave_up": sum(n for (state, _), n in counts.items() if state == State.GAVE_UP),
+        "mx_paused": None if pause is None else {"why": pause[0], "until": pause[1].isoformat()},
         "last_scan": None
         if last is None
         else {
             "trigger": last.trigger,
             "started_at": last.started_at.isoformat(),
+            "finished_at": None if last.finished_at is None else last.finished_at.isoformat(),
             "duration_s": last.duration_s,
             "claimed": last.claimed,
             "batches": last.batches,
             "skipped_lock": last.skipped_lock,
+            "interrupted": last.interrupted,
         },
     }
+
+
+def unpause_mx(session: Session, *, actor: str, why: str, now: datetime) -> dict[str, Any]:
+    """Lift the fleet-wide MX pause now (its cause fixed), recorded in ``ops_actions``."""
+    if not why.strip():
+        raise InputError("--why must say why")
+    lifted = locks.lift_mx_pause(session)
+    result = {"lifted": lifted is not None, "was": lifted}
+    audit.record_action(
+        session, actor=actor, command="unpause-mx", arguments={}, why=why, result=result, now=now
+    )
+    return result
 
 
 def history(session: Session, member_guid: str) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Erasure: ``reauth forget --user GUID | --member GUID --why TEXT``.
 
-One transaction removes the members named and everything that names them (attempts, outbox
-rows, pending ones included, which cancels them; clicks), replaces their guids inside earlier
-audit rows, and records one ``ops_actions`` row that holds no personal data: the actor, the
-time, the reason, whether a user or a member was forgotten, the guid's SHA-256, and counts.
+One transaction removes the members named and everything that names them (attempts, outbox rows,
+pending ones included, which cancels them; clicks; funnel events and episodes), replaces their
+guids inside earlier audit rows, and records one ``ops_actions`` row that holds no personal
+data: the actor, the time, the reason, whether a user or a member was forgotten, the guid's
+SHA-256, and counts.
 
 Idempotent: forgetting a guid again finds nothing and records nothing new. A member that comes
 back later (an import) is a new row and starts afresh: episode 0, no reminders sent.

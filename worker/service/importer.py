@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
+from worker.core.funnel import How
 from worker.core.policy import (
     CONNECTION_STATUSES,
     OAUTH_ERROR_REASONS,
@@ -45,7 +46,7 @@ from worker.core.policy import (
     decide,
 )
 from worker.errors import InputError
-from worker.store import decisions, members
+from worker.store import decisions, funnel, members
 
 #: A longer line is refused without being parsed (a 10 MB line is an error, not a member).
 MAX_LINE_BYTES = 64 * 1024
@@ -415,6 +416,7 @@ def upsert(
         chunk = rows[start : start + 1000]
         existing = members.by_guids(session, [r.member_guid for r in chunk], for_update=True)
         changes: list[decisions.Change] = []
+        aggregated: dict[int, datetime | None] = {}
         for row in chunk:
             values = row.model_dump()
             m = existing.get(row.member_guid)
@@ -429,11 +431,18 @@ def upsert(
             snap = members.snapshot(m)
             decision = decide(snap, now, cfg)
             if isinstance(decision, Update):
+                # MX's own export says CONNECTED: the reconnection is MX's word.
+                connected = (m.connection_status or "").upper() == "CONNECTED"
                 changes.append(
-                    decisions.Change(m.id, snap.state, decision.fields, keep_last_error=True)
-                )
+                    decisions.Change(
+                        m.id, snap.state, decision.fields, keep_last_error=True,
+                        confirmed=connected,
+                    )
+                )  # fmt: skip
+                aggregated[m.id] = m.successfully_aggregated_at
             else:
                 members.make_due(m, now)
         session.flush()
-        result.episodes_closed += decisions.apply(session, changes, now=now)
+        result.episodes_closed += decisions.apply(session, changes, now=now, how=How.IMPORT)
+        funnel.aggregated(session, aggregated)
     return result

@@ -73,7 +73,13 @@ def drop_reconnected(rt: Runtime, todo: Todo, owner: str, now: datetime) -> tupl
         ours = members.still_claimed(s, list(connected), owner)
         connected_again = {"connection_status": "CONNECTED"}
         changes = [
-            decisions.Change(m.id, snap.state, ended_by_oauth_success(snap), extra=connected_again)
+            decisions.Change(
+                m.id,
+                snap.state,
+                ended_by_oauth_success(snap),
+                extra=connected_again,
+                confirmed=True,
+            )
             for m, snap, _ in todo
             if m.id in ours
         ]

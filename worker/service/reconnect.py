@@ -25,15 +25,17 @@ from typing import Any
 
 import structlog
 
+from worker import metrics
 from worker.clock import utc_now
 from worker.core import tokens
+from worker.core.funnel import Event, Stage
 from worker.core.policy import IN_EPISODE, State, ended_by_oauth_success
 from worker.errors import MxError, ReauthError
 from worker.logging import fingerprint_uri
 from worker.mx import MemberRequest, OAuthRequest, OAuthWindow
 from worker.runtime import Runtime
 from worker.service.regenerate import outcome_of
-from worker.store import attempts, clicks, decisions, members
+from worker.store import attempts, clicks, decisions, funnel, members
 from worker.store.db import session_scope
 
 log = structlog.get_logger(__name__)
@@ -134,6 +136,7 @@ def _record_click(rt: Runtime, view: LinkView, outcome: str, now: datetime) -> u
             s, member_id=view.member_id, notification_id=view.notification_id,
             episode=view.episode, outcome=outcome, now=now,
         )  # fmt: skip
+    metrics.RECONNECT_CLICKS.labels(outcome=outcome).inc()
     return click_id
 
 
@@ -165,6 +168,9 @@ def record_mint(
             episode=view.episode, outcome="minted" if ok else "mx_error", now=now,
         )  # fmt: skip
         attempts.add(s, [_attempt(rt, view, result, now, latency_ms)])
+        # A press of Reconnect. The 303 to MX that follows cannot tell us the window opened.
+        funnel.record(s, [Event(view.member_id, view.episode, Stage.CLICKED, now)])
+    metrics.RECONNECT_CLICKS.labels(outcome="minted" if ok else "mx_error").inc()
     if isinstance(result, OAuthWindow):
         log.info(
             "reconnect.minted",
@@ -262,8 +268,18 @@ def record_report(rt: Runtime, view: LinkView, report: Report, now: datetime) ->
         return
     with session_scope(rt.sessions) as s:
         clicks.report(s, report.click_id, status=report.status, error_reason=report.error_reason)
+        funnel.record(s, _reported(view.member_id, view.episode, report, now))
         if report.status == "success":
             members.postpone(s, view.member_id, now + rt.settings.confirm_window)
+
+
+def _reported(member_id: int, episode: int, report: Report, now: datetime) -> list[Event]:
+    """A result reported by MX's window (postMessage or APP redirect): the window did open."""
+    result = "success" if report.status == "success" else (report.error_reason or "error")
+    return [
+        Event(member_id, episode, Stage.OPENED, now),
+        Event(member_id, episode, Stage.RESULT, now, detail=result),
+    ]
 
 
 class Confirmer:
@@ -319,8 +335,11 @@ def end_confirmed(rt: Runtime, view: Target, status: str | None, now: datetime) 
              "connection_status": status or "CONNECTED"},
         )  # fmt: skip
         snap = members.snapshot(found)
-        decisions.apply(s, [decisions.Change(found.id, snap.state, ended_by_oauth_success(snap))],
-                        now=now)  # fmt: skip
+        decisions.apply(
+            s,
+            [decisions.Change(found.id, snap.state, ended_by_oauth_success(snap), confirmed=True)],
+            now=now,
+        )
         clicks.confirm(s, found.id, view.episode, now)
     log.info("reconnect.confirmed", member_guid=view.member_guid, episode=view.episode)
 
@@ -357,6 +376,14 @@ def app_return(
                 )  # fmt: skip
                 clicks.report(s, click_id, status=report.status, error_reason=report.error_reason)
                 clicks.use_state(s, click_id, now)
+                # The APP link leads to MX directly: its return is the first we hear of it.
+                funnel.record(
+                    s,
+                    [
+                        Event(m.id, episode, Stage.CLICKED, now),
+                        *_reported(m.id, episode, report, now),
+                    ],
+                )
                 if report.status == "success":
                     members.postpone(s, m.id, now + rt.settings.confirm_window)
                 return Target(m.id, m.member_guid, m.user_guid, m.user_id, episode)

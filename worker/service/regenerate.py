@@ -19,18 +19,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from models import Member
-from worker import failpoints, metrics
+from worker import failpoints, metrics, tracing
 from worker.config import LinkMode, Settings
 from worker.core.contract import build_message, idempotency_key
+from worker.core.funnel import How
 from worker.core.policy import (
     Generate,
     MemberSnapshot,
     Outcome,
+    ReauthFields,
     State,
     Update,
     after_outcome,
@@ -54,6 +56,9 @@ from worker.service.links import reconnect_url, with_state
 from worker.store import attempts, decisions, leases, locks, members, notifications
 from worker.store.db import session_scope
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
 log = structlog.get_logger(__name__)
 #: The stdlib logger under ``log``: its live level decides whether a DEBUG line is built at all.
 _stdlib_log = logging.getLogger(__name__)
@@ -69,6 +74,8 @@ class CallResult:
     skipped: bool = False
     #: No call made on purpose (REAUTH_LINK_MODE=reconnect): the message carries only our link.
     deferred: bool = False
+    #: The call's span, for the batch's transaction to link to (None when not tracing).
+    span: SpanContext | None = None
 
 
 @dataclass
@@ -118,14 +125,19 @@ async def call_all(
             if stop.is_set():
                 return CallResult(skipped=True)
             started = time.perf_counter()
-            try:
-                window = await mx.generate_oauth_window_uri(req)
-            except MxError as exc:
-                if isinstance(exc, MxConfigurationError):
-                    stop.set()
-                return CallResult(error=exc, latency_ms=_ms(started))
-            failpoints.hit("during_mx_calls")
-            return CallResult(window=window, latency_ms=_ms(started))
+            with tracing.span(
+                "reauth.mx_call",
+                {"reauth.member_guid": req.member_guid, "reauth.referral": req.referral_source},
+            ) as current:
+                try:
+                    window = await mx.generate_oauth_window_uri(req)
+                except MxError as exc:
+                    tracing.record_error(current, exc)
+                    if isinstance(exc, MxConfigurationError):
+                        stop.set()
+                    return CallResult(error=exc, latency_ms=_ms(started), span=tracing.current())
+                failpoints.hit("during_mx_calls")
+                return CallResult(window=window, latency_ms=_ms(started), span=tracing.current())
 
     return list(await asyncio.gather(*(one(r) for r in requests)))
 
@@ -222,10 +234,12 @@ def regenerate_batch(
         with leases.heartbeat(beat, rt.settings.claim_heartbeat):
             calls = rt.run(call_all(rt.mx, requests, rt.settings.mx_max_concurrency))
     failpoints.hit("after_mx_calls")
-    _write(
-        rt, todo, nids, calls, owner=owner, now=clock(), trigger=trigger, task_id=task_id,
-        result=result,
-    )  # fmt: skip
+    # One transaction serves the whole batch: its span links to every member's MX call.
+    with tracing.span("reauth.write", {"reauth.members": len(todo)}, links=[c.span for c in calls]):
+        _write(
+            rt, todo, nids, calls, owner=owner, now=clock(), trigger=trigger, task_id=task_id,
+            result=result,
+        )  # fmt: skip
     _log_batch(result, trigger)
     config_errors = [r.error for r in calls if isinstance(r.error, MxConfigurationError)]
     if config_errors:
@@ -236,6 +250,7 @@ def regenerate_batch(
             locks.pause_mx(
                 s, until=clock() + rt.settings.backoff_base, why=result.configuration_error
             )
+        metrics.MX_PAUSED.set(1)  # at once; the next scan reads the pause (and its end) again
         log.error(
             "mx_configuration_error",
             error=result.configuration_error,
@@ -352,7 +367,7 @@ def _write(
             if res.deferred:
                 fields = after_outcome(snap, g, Outcome.SUCCESS, now, cfg)
                 outbox.append(_outbox_row(rt.settings, nid, m, g, None, now=now))
-                changes.append(decisions.Change(m.id, snap.state, fields))
+                changes.append(_change(m, snap, g, fields))
                 continue
             metrics.ATTEMPTS.labels(outcome=outcome.value).inc()
             if res.latency_ms is not None:
@@ -394,12 +409,27 @@ def _write(
                 if w.member_guid != m.member_guid:
                     extra["mx_member_guid"] = w.member_guid
                 outbox.append(_outbox_row(rt.settings, nid, m, g, w, now=now))
-            changes.append(decisions.Change(m.id, snap.state, fields, extra=extra))
+            changes.append(_change(m, snap, g, fields, extra))
             _log_member(m, g, outcome, res)
-        decisions.apply(s, changes, now=now)
+        decisions.apply(s, changes, now=now, how=How.of_trigger(trigger))
         attempts.add(s, attempt_rows)
         result.notifications = notifications.insert(s, outbox)
         members.release_claims(s, released, owner)
+
+
+def _change(
+    m: Member,
+    snap: MemberSnapshot,
+    g: Generate,
+    fields: ReauthFields,
+    extra: dict[str, Any] | None = None,
+) -> decisions.Change:
+    """The decision after an MX call (or a deferred link): it may open an episode and, when a
+    link went into the outbox, records it (the funnel's LINK)."""
+    return decisions.Change(
+        m.id, snap.state, fields, extra=extra or {}, before_reminders=g.reminder - 1,
+        new_episode=g.new_episode,
+    )  # fmt: skip
 
 
 def _outbox_row(

@@ -22,9 +22,9 @@ import structlog
 from sqlalchemy.orm import Session
 
 from worker import failpoints, metrics
-from worker.core.policy import Generate, Reason, decide, reason_for
+from worker.core.policy import Generate, Reason, State, decide, reason_for
 from worker.runtime import Runtime
-from worker.store import audit, leases, locks, members
+from worker.store import audit, leases, locks, members, notifications
 from worker.store.db import read_only_session, session_scope
 
 log = structlog.get_logger(__name__)
@@ -78,6 +78,7 @@ def run_scan(
         with session_scope(rt.sessions) as s:
             paused = locks.mx_paused(s, now)
             result.due_at_start = members.due_count(s, now)
+            _export_fleet_gauges(s, paused=paused is not None)
         if paused is not None:
             log.error("scan_paused", why=paused, due=result.due_at_start, trigger=trigger)
             result.paused = paused
@@ -231,6 +232,16 @@ class DryRunRow:
     channel: str
     redirect: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _export_fleet_gauges(s: Session, *, paused: bool) -> None:
+    """The fleet's state as Prometheus gauges, refreshed once per scan (the singleton that runs
+    every REAUTH_SCAN_INTERVAL): MX pause, outbox backlog and dead rows, gave-up members."""
+    metrics.MX_PAUSED.set(1 if paused else 0)
+    outbox = notifications.counts_by_status(s)
+    metrics.OUTBOX_BACKLOG.set(outbox.get("pending", 0))
+    metrics.OUTBOX_DEAD.set(outbox.get("dead", 0))
+    metrics.MEMBERS_GAVE_UP.set(members.count_in_state(s, State.GAVE_UP))
 
 
 def dry_run(

@@ -30,11 +30,12 @@ import structlog
 
 from models import Member, WebhookEvent
 from worker import metrics
+from worker.core.funnel import How
 from worker.core.policy import IN_EPISODE, State, Update, decide, ended_by_oauth_success
 from worker.errors import MemberNotFound, MxError
 from worker.mx import MemberRequest, MemberState
 from worker.runtime import Runtime
-from worker.store import decisions, inbox, leases, members
+from worker.store import decisions, funnel, inbox, leases, members
 from worker.store.db import session_scope
 
 log = structlog.get_logger(__name__)
@@ -263,7 +264,7 @@ def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
             return _Outcome(inbox.IGNORED, "deleted: unknown member")
         if State(m.reauth_state) is State.GONE:
             return _Outcome(inbox.APPLIED, "deleted: already gone")
-        ended = decisions.apply(s, [_gone(m)], now=now)
+        ended = decisions.apply(s, [_gone(m)], now=now, how=How.WEBHOOK)
         return _Outcome(inbox.APPLIED, "deleted: member gone", ended=ended)
     if not g.read:
         return _Outcome(inbox.IGNORED, "nothing to do")
@@ -271,7 +272,7 @@ def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
     if isinstance(state, MemberNotFound):
         if m is None:
             return _Outcome(inbox.IGNORED, "unknown member; MX: not found")
-        ended = decisions.apply(s, [_gone(m)], now=now)
+        ended = decisions.apply(s, [_gone(m)], now=now, how=How.WEBHOOK)
         return _Outcome(inbox.APPLIED, "MX: member not found; gone", ended=ended)
     assert isinstance(state, MemberState)
     values = _mx_values(state, g.hints)
@@ -295,9 +296,13 @@ def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
     snap = members.snapshot(m)
     decision = decide(snap, now, rt.policy)
     if isinstance(decision, Update):
-        ended = decisions.apply(
-            s, [decisions.Change(m.id, snap.state, decision.fields, keep_last_error=True)], now=now
-        )
+        # MX was read just now: a member it reports connected is a confirmed reconnection.
+        change = decisions.Change(
+            m.id, snap.state, decision.fields, keep_last_error=True,
+            confirmed=bool(state.is_connected),
+        )  # fmt: skip
+        ended = decisions.apply(s, [change], now=now, how=How.WEBHOOK)
+        funnel.aggregated(s, {m.id: m.successfully_aggregated_at})
         return _Outcome(inbox.APPLIED, f"{note}; {decision.note}", ended=ended)
     members.make_due(m, now)
     s.flush()

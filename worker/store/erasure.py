@@ -1,10 +1,10 @@
 """Erasure (``reauth forget``): every row that names a member, found and removed. Never commits.
 
 Rows that name a member: the member itself, its attempts, its outbox rows (payloads carry its
-guids), its clicks; and, in ``ops_actions``, the arguments, result or reason of earlier operator
-actions (those rows are kept as audit, with the guids replaced). Deletes are explicit rather
-than left to ``ON DELETE CASCADE``, so each is counted.
-"""
+guids), its clicks, its funnel events and episode summaries; and, in ``ops_actions``, the
+arguments, result or reason of earlier operator actions (those rows are kept as audit, with the
+guids replaced). Deletes are explicit rather than left to ``ON DELETE CASCADE``, so each is
+counted."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Text, cast, delete, func, or_, select
 from sqlalchemy.orm import Session
 
-from models import Attempt, Click, Member, Notification, OpsAction
+from models import Attempt, Click, Episode, FunnelEvent, Member, Notification, OpsAction
 from worker.core.erasure import redact
 from worker.core.states import NotificationStatus as NS
 
@@ -39,7 +39,10 @@ def _delete(session: Session, stmt: Any) -> int:
 def delete_members(session: Session, ids: Sequence[int]) -> dict[str, int]:
     """Delete the members of ``ids`` and every row that hangs on them; counts per kind."""
     if not ids:
-        return {"members": 0, "attempts": 0, "notifications": 0, "pending_canceled": 0, "clicks": 0}
+        return {
+            "members": 0, "attempts": 0, "notifications": 0, "pending_canceled": 0, "clicks": 0,
+            "funnel_events": 0, "episodes": 0,
+        }  # fmt: skip
     N = Notification
     pending = int(
         session.scalar(
@@ -52,6 +55,10 @@ def delete_members(session: Session, ids: Sequence[int]) -> dict[str, int]:
         "attempts": _delete(session, delete(Attempt).where(Attempt.member_id.in_(ids))),
         "notifications": _delete(session, delete(N).where(N.member_id.in_(ids))),
         "pending_canceled": pending,
+        "funnel_events": _delete(
+            session, delete(FunnelEvent).where(FunnelEvent.member_id.in_(ids))
+        ),
+        "episodes": _delete(session, delete(Episode).where(Episode.member_id.in_(ids))),
     }
     counts["members"] = _delete(session, delete(Member).where(Member.id.in_(ids)))
     for obj in list(session.identity_map.values()):

@@ -95,7 +95,23 @@ def pause_mx(session: Session, *, until: datetime, why: str) -> None:
 
 def mx_paused(session: Session, now: datetime) -> str | None:
     """Why MX calls are paused right now, or None."""
+    pause = mx_pause(session, now)
+    return None if pause is None else pause[0]
+
+
+def mx_pause(session: Session, now: datetime) -> tuple[str, datetime] | None:
+    """(why, until) when MX calls are paused right now, or None."""
     row = session.get(Lock, MX_PAUSE)
     if row is None or row.expires_at <= now:
         return None
-    return row.note or "paused"
+    return row.note or "paused", row.expires_at
+
+
+def lift_mx_pause(session: Session) -> str | None:
+    """End the fleet-wide MX pause now; the note of the pause lifted, or None if there was none."""
+    row = session.get(Lock, MX_PAUSE)
+    if row is None:
+        return None
+    note = row.note or "paused"
+    session.delete(row)
+    return note

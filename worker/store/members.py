@@ -171,6 +171,14 @@ def has_expired_claims(session: Session, now: datetime) -> bool:
     return session.scalar(stmt) is not None
 
 
+def count_in_state(session: Session, state: str) -> int:
+    """Members in ``state`` (on the reauth_state index)."""
+    return int(
+        session.scalar(select(func.count()).select_from(Member).where(Member.reauth_state == state))
+        or 0
+    )
+
+
 def due_count(session: Session, now: datetime) -> int:
     return int(session.scalar(select(func.count()).select_from(Member).where(due_clause(now))) or 0)
 

@@ -8,12 +8,12 @@ marked sent, retried or dead. Never commits.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -21,18 +21,25 @@ from sqlalchemy.orm import Session
 from models import Member, Notification
 from worker.core.contract import link_is_stale
 from worker.core.states import NotificationStatus as NS
-from worker.store import leases
+from worker.store import funnel, leases
 
 N = Notification
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """An outbox row leased to a relay: what it needs to deliver it."""
+    """An outbox row leased to a relay: what it needs to deliver it.
+
+    The last four are filled by :func:`claim_due_groups` (``user`` grouping) only.
+    """
 
     id: uuid.UUID
     payload: dict[str, Any]
     attempts: int
+    created_at: datetime | None = None
+    idempotency_key: str = ""
+    user_guid: str = ""
+    group_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,171 @@ def claim_due(
     return [Claimed(row.id, dict(row.payload), row.attempts) for row in ordered]
 
 
+def claim_due_groups(
+    session: Session,
+    *,
+    now: datetime,
+    owner: str,
+    lease: timedelta,
+    limit: int,
+    cutoff: datetime,
+) -> list[Claimed]:
+    """``user`` grouping: lease whole groups of due rows, oldest first, until ``limit`` rows are
+    reached (the last group may go over it: a group is never split). :mod:`worker.core.grouping`
+    has the rules.
+
+    1. Rows already in a group (a retry, or a redelivery after a crash) are taken a whole group
+       at a time, once every pending row of the group is due and free, so a group never goes
+       out with part of its rows under its id.
+    2. Rows not in a group yet are taken a whole user at a time, once the user's earliest due
+       one became due at or before ``cutoff`` (now minus the grouping window); until then they
+       are held.
+
+    Both read the pending rows (a small set: the outbox drains within seconds) and join
+    ``members`` by its primary key for the user.
+    """
+    until = now + lease
+    returning = (N.id, N.payload, N.attempts, N.created_at, N.idempotency_key, N.group_id)
+    due_flag = case((_due(now), 1), else_=0)
+    ready_groups = session.execute(
+        select(N.group_id, func.count().label("n"))
+        .where(N.status == NS.PENDING, N.group_id.is_not(None))
+        .group_by(N.group_id)
+        .having(func.min(due_flag) == 1)
+        .order_by(func.min(N.created_at), N.group_id)
+        .limit(limit)
+    ).all()
+    sizes = _within(ready_groups, limit)
+    taken = list(
+        leases.claim(
+            session,
+            N,
+            where=and_(N.group_id.in_(list(sizes)), _due(now)),
+            order_by=(N.created_at, N.id),
+            owner=owner,
+            until=until,
+            limit=sum(sizes.values()),
+            returning=returning,
+        )
+        if sizes
+        else []
+    )
+    # A row canceled or claimed by another relay between the two statements: the group is not
+    # whole; give back what we took and leave it for the next pass.
+    count: dict[Any, int] = {}
+    for row in taken:
+        count[row.group_id] = count.get(row.group_id, 0) + 1
+    partial = {gid for gid, n in sizes.items() if count.get(gid, 0) != n}
+    if partial:
+        release(session, [row.id for row in taken if row.group_id in partial], owner)
+        taken = [row for row in taken if row.group_id not in partial]
+
+    budget = limit - len(taken)
+    if budget > 0:
+        ready_users = session.execute(
+            select(Member.user_guid, func.count().label("n"))
+            .select_from(N)
+            .join(Member, Member.id == N.member_id)
+            .where(_due(now), N.group_id.is_(None))
+            .group_by(Member.user_guid)
+            .having(func.min(N.created_at) <= cutoff)
+            .order_by(func.min(N.created_at), Member.user_guid)
+            .limit(budget)
+        ).all()
+        users = _within(ready_users, budget)
+        if users:
+            taken += leases.claim(
+                session,
+                N,
+                where=and_(
+                    _due(now),
+                    N.group_id.is_(None),
+                    N.member_id.in_(select(Member.id).where(Member.user_guid.in_(list(users)))),
+                ),
+                order_by=(N.created_at, N.id),
+                owner=owner,
+                until=until,
+                limit=sum(users.values()),
+                returning=returning,
+            )
+    if not taken:
+        return []
+    user_of = dict(
+        session.execute(
+            select(N.id, Member.user_guid)
+            .join(Member, Member.id == N.member_id)
+            .where(N.id.in_([row.id for row in taken]))
+        ).all()
+    )
+    ordered = sorted(taken, key=lambda row: (row.created_at, str(row.id)))
+    return [
+        Claimed(
+            row.id,
+            dict(row.payload),
+            row.attempts,
+            created_at=row.created_at,
+            idempotency_key=row.idempotency_key,
+            user_guid=user_of[row.id],
+            group_id=row.group_id,
+        )
+        for row in ordered
+    ]
+
+
+def _within(counted: Sequence[Any], limit: int) -> dict[Any, int]:
+    """The leading (key, row count) pairs until ``limit`` rows are reached: the last may go
+    over it, since a group is never split. A full batch therefore claims at least ``limit``
+    rows, which is how the delivery loop knows to go on draining."""
+    chosen: dict[Any, int] = {}
+    total = 0
+    for key, n in counted:
+        if total >= limit:
+            break
+        chosen[key] = n
+        total += n
+    return chosen
+
+
+def assign_groups(
+    session: Session, groups: Mapping[uuid.UUID, Sequence[uuid.UUID]], owner: str
+) -> set[uuid.UUID]:
+    """Store newly formed groups' ids (group id → its row ids) on the rows ``owner`` still holds,
+    before their first delivery; returns those rows. A row canceled meanwhile is not in its
+    group.
+
+    One executemany (pipelined by psycopg) and one read, instead of a statement per group.
+    """
+    params = [
+        {"row_id": rid, "new_group": gid, "owner": owner}
+        for gid, rids in groups.items()
+        for rid in rids
+    ]
+    if not params:
+        return set()
+    table = cast(Table, Notification.__table__)  # a mapped class's table
+    session.execute(
+        update(table)
+        .where(
+            table.c.id == bindparam("row_id"),
+            table.c.claim_owner == bindparam("owner"),
+            table.c.status == NS.PENDING,
+        )
+        .values(group_id=bindparam("new_group")),
+        params,
+    )
+    # Rows ``owner`` holds had no group when claimed, and nobody else writes one meanwhile.
+    return set(
+        session.scalars(
+            select(N.id).where(
+                N.id.in_([p["row_id"] for p in params]),
+                N.claim_owner == owner,
+                N.status == NS.PENDING,
+                N.group_id.is_not(None),
+            )
+        )
+    )
+
+
 def claim_stale(
     session: Session,
     *,
@@ -179,9 +351,10 @@ def renew(session: Session, ids: Iterable[uuid.UUID], owner: str, *, until: date
 
 
 def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None:
-    """Not filtered on the owner: the message did go out, whoever holds the claim now."""
+    """Not filtered on the owner: the message did go out, whoever holds the claim now.
+    The rows marked are the funnel's NOTIFIED (same transaction)."""
     if ids:
-        session.execute(
+        sent = session.execute(
             update(N)
             .where(N.id.in_(ids), N.status == NS.PENDING)
             .values(
@@ -193,8 +366,10 @@ def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None
                 last_error=None,
                 updated_at=now,
             )
+            .returning(N.member_id, N.payload)
             .execution_options(synchronize_session=False)
-        )
+        ).all()
+        funnel.notified(session, [(r.member_id, dict(r.payload)) for r in sent], now)
 
 
 def held_rows(session: Session, ids: Iterable[uuid.UUID], owner: str) -> list[Notification]:
@@ -216,6 +391,11 @@ def backlog(session: Session) -> int:
     return int(
         session.scalar(select(func.count()).select_from(N).where(N.status == NS.PENDING)) or 0
     )
+
+
+def oldest_pending_at(session: Session) -> datetime | None:
+    """When the oldest notification still pending was written (None: nothing pending)."""
+    return session.scalar(select(func.min(N.created_at)).where(N.status == NS.PENDING))
 
 
 def counts_by_status(session: Session) -> dict[str, int]:

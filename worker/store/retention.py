@@ -18,7 +18,17 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, delete, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from models import Attempt, Click, Member, Notification, OpsAction, ScanRun, WebhookEvent
+from models import (
+    Attempt,
+    Click,
+    Episode,
+    FunnelEvent,
+    Member,
+    Notification,
+    OpsAction,
+    ScanRun,
+    WebhookEvent,
+)
 from worker.core.states import NotificationStatus as NS
 
 N = Notification
@@ -59,6 +69,8 @@ KINDS: dict[str, Kind] = {
             WebhookEvent.received_at,
             (WebhookEvent.status != "pending",),
         ),
+        Kind("funnel_events", FunnelEvent, FunnelEvent.at),
+        Kind("episodes", Episode, Episode.detected_at),
     )
 }
 

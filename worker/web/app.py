@@ -26,6 +26,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from worker import metrics
 from worker.clock import utc_now
 from worker.errors import MxError, ReauthError
 from worker.mx import OAuthWindow
@@ -40,6 +41,24 @@ log = structlog.get_logger(__name__)
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def security_headers(nonce: str, *, form_action: str, hsts: bool) -> dict[str, str]:
+    """The headers of every page this server answers (the ops listener's too)."""
+    h = {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            f"connect-src 'self'; form-action {form_action}; frame-ancestors 'none'; "
+            "base-uri 'none'"
+        ),
+    }
+    if hsts:
+        h["Strict-Transport-Security"] = "max-age=31536000"
+    return h
 
 
 class ReconnectApp:
@@ -66,20 +85,7 @@ class ReconnectApp:
         return origin is not None and origin not in {"null", self.public_origin}
 
     def headers(self, nonce: str) -> dict[str, str]:
-        h = {
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-            "X-Frame-Options": "DENY",
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": (
-                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-                f"connect-src 'self'; form-action {self.form_action}; frame-ancestors 'none'; "
-                "base-uri 'none'"
-            ),
-        }
-        if self.hsts:
-            h["Strict-Transport-Security"] = "max-age=31536000"
-        return h
+        return security_headers(nonce, form_action=self.form_action, hsts=self.hsts)
 
     def html(self, status: int, render: Callable[[str], str]) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
@@ -147,10 +153,14 @@ class ReconnectApp:
         """POST: a fresh BROWSER URI from MX, answered 303 (or JSON for the page's script)."""
         wants_json = "application/json" in request.headers.get("accept", "")
         if self.foreign(request):
+            metrics.RECONNECT_CLICKS.labels(outcome="forbidden").inc()
             return self.message(403, "Not allowed", "This request did not come from our page.",
                                 json=wants_json)  # fmt: skip
         found = await self.view(request.path_params["token"])
         if isinstance(found, Response):
+            # The other outcomes are counted where the click is recorded (service.reconnect).
+            expired = found.status_code == 410
+            metrics.RECONNECT_CLICKS.labels(outcome="expired" if expired else "not_found").inc()
             return self.not_found(json=True) if wants_json and found.status_code == 404 else found
         now = utc_now()
         if not found.open:

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from worker import metrics
+from worker import metrics, tracing
 from worker.clock import utc_now
 from worker.runtime import Runtime
 from worker.service import webhooks
@@ -132,9 +132,11 @@ class WebhookIntake:
             metrics.WEBHOOKS_RECEIVED.labels(type=metric_type, outcome="too_large").inc()
             log.warning("webhook.too_large")
             return PlainTextResponse("payload too large", status_code=413)
-        stored = await run_in_threadpool(webhooks.intake, self.rt, body, path_type, utc_now())
-        if not stored.duplicate:
-            await run_in_threadpool(self._hand_on)
+        # The apply task is queued inside this span, so its trace goes on from here (Celery).
+        with tracing.span("reauth.webhook.intake", {"reauth.webhook_type": metric_type}):
+            stored = await run_in_threadpool(webhooks.intake, self.rt, body, path_type, utc_now())
+            if not stored.duplicate:
+                await run_in_threadpool(self._hand_on)
         return Response(status_code=204)
 
     def _hand_on(self) -> None:

@@ -1,0 +1,270 @@
+"""The funnel tables: record events and keep each episode's summary row, and the report's reads.
+
+:func:`record` is called inside the transaction of the fact it records (the one decision
+writer, the relay marking rows sent, a click, an OAuth result): one multi-row INSERT for the
+events, one read of the affected summary rows, one INSERT of new rows and one bulk UPDATE of
+changed ones, whatever the batch size. How a row advances is :func:`worker.core.funnel.advance`.
+The events of a committed transaction are handed to :func:`on_commit` observers (metrics), and
+dropped on rollback. Never commits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, event, func, insert, literal, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Episode, FunnelEvent, Member
+from worker.core import funnel
+from worker.core.funnel import By, Event, GroupCounts, InstitutionRate, Stage, Summary
+
+#: session.info key of the (stage, reason, channel) triples recorded in this transaction.
+_PENDING = "funnel_recorded"
+_SUMMARY_FIELDS = [f.name for f in dataclasses.fields(Summary)]
+E = Episode
+
+Recorded = list[tuple[str, str, str]]
+
+
+def record(session: Session, events: Iterable[Event]) -> int:
+    """Write ``events`` and advance their episodes' summary rows; returns how many events.
+
+    An event for an episode with no summary row (one opened before the funnel existed) is kept
+    as an event only.
+    """
+    events = list(events)
+    if not events:
+        return 0
+    session.execute(
+        insert(FunnelEvent).values(
+            [
+                {
+                    "member_id": e.member_id,
+                    "episode": e.episode,
+                    "stage": e.stage.value,
+                    "at": e.at,
+                    "reminder": e.reminder,
+                    "detail": e.detail,
+                    "how": e.how,
+                }
+                for e in events
+            ]
+        )
+    )
+    keys = {(e.member_id, e.episode) for e in events}
+    ids = sorted({k[0] for k in keys})
+    rows: dict[tuple[int, int], tuple[int | None, Summary]] = {}
+    # Locked (in id order: no deadlock between two batches): the rows are read, advanced and
+    # written back whole, so a concurrent writer (the relay and a click on the same episode)
+    # must wait for this one rather than overwrite it with what it read before.
+    # Columns, not ORM objects: an identity map would hand back what an earlier record() in
+    # this session loaded, not what it wrote.
+    query = (
+        select(Episode.id, *(getattr(Episode, f) for f in _SUMMARY_FIELDS))
+        .where(Episode.member_id.in_(ids), Episode.episode.in_(sorted({k[1] for k in keys})))
+        .order_by(Episode.id)
+        .with_for_update()
+    )
+    for row in session.execute(query):
+        if (row.member_id, row.episode) in keys:
+            rows[(row.member_id, row.episode)] = (
+                row.id,
+                Summary(**{f: getattr(row, f) for f in _SUMMARY_FIELDS}),
+            )
+    fresh = [
+        e for e in events if e.stage is Stage.DETECTED and (e.member_id, e.episode) not in rows
+    ]
+    about: dict[int, tuple[str | None, str | None]] = {}
+    if fresh:
+        about = {
+            r.id: (r.institution_code, r.channel)
+            for r in session.execute(
+                select(Member.id, Member.institution_code, Member.channel).where(
+                    Member.id.in_(sorted({e.member_id for e in fresh}))
+                )
+            )
+        }
+    before = {k: v[1] for k, v in rows.items()}
+    recorded: Recorded = []
+    for e in events:
+        key = (e.member_id, e.episode)
+        if key in rows:
+            rid, s = rows[key]
+            rows[key] = (rid, funnel.advance(s, e))
+        elif e.stage is Stage.DETECTED:
+            inst, channel = about.get(e.member_id, (None, None))
+            rows[key] = (None, funnel.opened(e, institution_code=inst, channel=channel))
+        else:
+            recorded.append((e.stage.value, "", ""))
+            continue
+        s = rows[key][1]
+        recorded.append((e.stage.value, s.reason or "", s.channel or ""))
+    new = [dataclasses.asdict(s) for rid, s in rows.values() if rid is None]
+    changed = [
+        {"id": rid, **dataclasses.asdict(s)}
+        for key, (rid, s) in rows.items()
+        if rid is not None and s != before[key]
+    ]
+    if new:
+        session.execute(insert(Episode).values(new))
+    if changed:
+        session.execute(update(Episode), changed)
+    session.info.setdefault(_PENDING, []).extend(recorded)
+    return len(events)
+
+
+def on_commit(factory: sessionmaker[Session], observer: Callable[[Recorded], None]) -> None:
+    """Call ``observer`` with the (stage, reason, channel) of every event a committed unit of
+    work of ``factory`` recorded; a rolled-back unit's events are forgotten."""
+
+    def committed(session: Session) -> None:
+        done = session.info.pop(_PENDING, None)
+        if done:
+            observer(done)
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_PENDING, None)
+
+    event.listen(factory, "after_commit", committed)
+    event.listen(factory, "after_rollback", rolled_back)
+
+
+def notified(session: Session, rows: Sequence[tuple[int, dict[str, Any]]], now: datetime) -> int:
+    """Record NOTIFIED for outbox rows just marked sent: (member_id, payload) pairs."""
+    return record(
+        session,
+        (
+            Event(
+                member_id,
+                int(payload.get("episode") or 0),
+                Stage.NOTIFIED,
+                now,
+                reminder=int(payload.get("reminder") or 0) or None,
+            )
+            for member_id, payload in rows
+        ),
+    )
+
+
+def aggregated(session: Session, seen: Mapping[int, datetime | None]) -> int:
+    """Record AGGREGATED for reconnected episodes not yet aggregated, given what MX says each
+    member last aggregated successfully at (``{member_id: successfully_aggregated_at}``)."""
+    ids = sorted(mid for mid, at in seen.items() if at is not None)
+    if not ids:
+        return 0
+    rows = session.execute(
+        select(E.member_id, E.episode, E.outcome, E.detected_at).where(
+            E.member_id.in_(ids), E.outcome == funnel.Outcome.RECONNECTED.value,
+            E.aggregated_at.is_(None),
+        )
+    )  # fmt: skip
+    events = []
+    for mid, episode, outcome, detected_at in rows:
+        at = seen[mid]
+        if funnel.aggregated_after_reconnect(outcome, detected_at, at):
+            assert at is not None
+            events.append(Event(mid, episode, Stage.AGGREGATED, at))
+    return record(session, events)
+
+
+def path(session: Session, member_id: int) -> list[FunnelEvent]:
+    """One member's funnel events in time order."""
+    return list(
+        session.scalars(
+            select(FunnelEvent)
+            .where(FunnelEvent.member_id == member_id)
+            .order_by(FunnelEvent.at, FunnelEvent.id)
+        )
+    )
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _key(by: By | None) -> Any:
+    """The grouping column (raw: a bound COALESCE would differ between SELECT and GROUP BY on
+    PostgreSQL); NULL becomes "-" in Python."""
+    if by is By.REASON:
+        return E.reason
+    if by is By.INSTITUTION:
+        return E.institution_code
+    if by is By.CHANNEL:
+        return E.channel
+    if by is By.REMINDER:
+        return E.reminders_sent
+    return literal("all")
+
+
+def _name(key: object) -> str:
+    return "-" if key is None else str(key)
+
+
+def group_counts(session: Session, since: datetime, by: By | None) -> list[GroupCounts]:
+    """Per group: episodes detected since ``since`` reaching each stage, and their outcomes.
+    One index range scan of ``ix_episodes_detected_at`` (or a table scan when the range covers
+    most of the table, as the planner sees fit)."""
+    key = _key(by).label("key")
+    stage_cols = [func.count(getattr(E, col)).label(stage.value) for stage, col in funnel.FUNNEL]
+    outcome_cols = [
+        func.sum(case((E.outcome == o.value, 1), else_=0)).label(f"o_{o.value}")
+        for o in funnel.Outcome
+    ]
+    query = select(key, *stage_cols, *outcome_cols).where(E.detected_at >= since)
+    if by is not None:
+        query = query.group_by(key)
+    out = []
+    for r in session.execute(query):
+        m = r._mapping
+        if not m[funnel.Stage.DETECTED.value]:
+            continue
+        out.append(
+            GroupCounts(
+                key=_name(m["key"]),
+                stages={stage.value: int(m[stage.value] or 0) for stage, _ in funnel.FUNNEL},
+                outcomes={o.value: int(m[f"o_{o.value}"] or 0) for o in funnel.Outcome},
+            )
+        )
+    return sorted(out, key=lambda g: (-g.total, g.key))
+
+
+def reconnect_minutes(
+    session: Session, since: datetime, by: By | None
+) -> dict[str, dict[int, int]]:
+    """Per group: {minutes from detection to confirmed reconnection: episodes}."""
+    key = _key(by).label("key")
+    minute = (E.reconnect_s // 60).label("minute")
+    query = (
+        select(key, minute, func.count())
+        .where(E.detected_at >= since, E.reconnect_s.is_not(None))
+        .group_by(key, minute)
+    )
+    out: dict[str, dict[int, int]] = {}
+    for k, m, n in session.execute(query):
+        out.setdefault(_name(k), {})[int(m)] = int(n)
+    return out
+
+
+def converting_reminders(session: Session, since: datetime) -> dict[int, int]:
+    """{reminder that preceded the reconnection: episodes} (0: reconnected before any)."""
+    query = (
+        select(E.converting_reminder, func.count())
+        .where(E.detected_at >= since, E.confirmed_at.is_not(None))
+        .group_by(E.converting_reminder)
+    )
+    return {int(r or 0): int(n) for r, n in session.execute(query)}
+
+
+def institution_rates(session: Session, since: datetime) -> list[InstitutionRate]:
+    """Per institution: episodes where someone clicked, and those not confirmed reconnected."""
+    inst = E.institution_code
+    failed = func.sum(case((E.confirmed_at.is_(None), 1), else_=0))
+    query = (
+        select(inst, func.count(), failed)
+        .where(E.detected_at >= since, E.clicked_at.is_not(None))
+        .group_by(inst)
+    )
+    return [InstitutionRate(_name(i), int(n), int(f or 0)) for i, n, f in session.execute(query)]
