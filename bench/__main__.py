@@ -267,7 +267,10 @@ def write(results: dict[str, Any], out: Path) -> None:
                 results[key] = kept[key]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.plot(results, out / "results.png")
-    (out / "RESULTS.md").write_text(report.markdown(results))
+    page = out / "RESULTS.md"
+    # Hand-written findings (between report.KEEP_BEGIN/KEEP_END) survive a new run.
+    kept = report.kept_sections(page.read_text()) if page.exists() else ""
+    page.write_text(report.markdown(results, kept))
     for t in results["targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
     print(f"wrote {out / 'results.json'}, {out / 'RESULTS.md'}, {out / 'results.png'}")

@@ -20,7 +20,9 @@ def _results() -> dict[str, Any]:
             "in_flight": 200,
             "seconds": 20.0,
             "members": 20_000,
+            "cpu_ms_per_member": 0.55,
             "peak_rss_mb": 250.0,
+            "peak_pss_mb": 190.0,
         },
         {
             "kind": "naive",
@@ -45,6 +47,7 @@ def _results() -> dict[str, Any]:
             "per_s": 500.0,
             "in_flight": 200,
             "seconds": 40.0,
+            "cpu_ms_per_member": 1.25,
         },
         {
             "kind": "naive",
@@ -60,7 +63,9 @@ def _results() -> dict[str, Any]:
             "latency_s": 0.1,
             "per_s": 1000.0,
             "members": 20_000,
+            "cpu_ms_per_member": 0.57,
             "peak_rss_mb": 250.0,
+            "peak_pss_mb": 200.0,
         },
         {
             "kind": "pipeline",
@@ -68,7 +73,9 @@ def _results() -> dict[str, Any]:
             "latency_s": 0.1,
             "per_s": 1000.0,
             "members": 100_000,
+            "cpu_ms_per_member": 0.61,
             "peak_rss_mb": 320.0,
+            "peak_pss_mb": 230.0,
         },
         {
             "kind": "due_query",
@@ -117,6 +124,8 @@ def test_ratios_put_the_three_side_by_side_per_latency() -> None:
     assert by_lat[0.0]["vs_naive"] == 2.5
     assert by_lat[0.0]["raw"] is None
     assert by_lat[0.0]["vs_raw"] is None
+    assert by_lat[0.1]["cpu_ms_per_member"] == 0.55
+    assert by_lat[0.0]["cpu_ms_per_member"] == 1.25
 
 
 def test_targets_are_judged_against_the_issue_thresholds() -> None:
@@ -126,13 +135,41 @@ def test_targets_are_judged_against_the_issue_thresholds() -> None:
     assert verdicts["vs raw ceiling at 100 ms"] is True
     assert verdicts["vs naive at 0 ms"] is False
     assert verdicts["due query, 10,000 of 1,000,000"] is True
+    assert verdicts["worker CPU per member at 100 ms"] is True  # 0.55 ms <= 0.6
+    # Memory is judged as PSS (230 MB <= 250), not the RSS sum (320 MB).
+    assert verdicts["worker peak PSS (process tree)"] is True
+    assert verdicts["PSS growth 20,000 -> 100,000 due"] is True  # +15%
+    assert "worker peak RSS (process tree)" not in verdicts
+
+
+def test_memory_falls_back_to_rss_for_runs_without_pss() -> None:
+    results = _results()
+    for r in results["rows"]:
+        r.pop("peak_pss_mb", None)
+        r.pop("cpu_ms_per_member", None)
+    verdicts = {t["target"]: t["met"] for t in report.targets(results)}
     assert verdicts["worker peak RSS (process tree)"] is False  # 320 MB at 100k
     assert verdicts["RSS growth 20,000 -> 100,000 due"] is False  # +28%
+    assert "worker CPU per member at 100 ms" not in verdicts
+    page = report.markdown(results)
+    assert "| 100 ms | 1,000.0 | - | 18.0 |" in page
+
+
+def test_cpu_per_member_misses_above_the_target() -> None:
+    results = _results()
+    results["rows"][0]["cpu_ms_per_member"] = 0.75
+    verdicts = {t["target"]: t["met"] for t in report.targets(results)}
+    assert verdicts["worker CPU per member at 100 ms"] is False
 
 
 def test_markdown_shows_every_target_and_the_plan() -> None:
     page = report.markdown(_results())
     assert "| vs naive at 0 ms | 2.5x | >= 4x | **no** |" in page
+    assert "| worker CPU per member at 100 ms | 0.55 ms | <= 0.6 ms | yes |" in page
+    assert "| worker peak PSS (process tree) | 230.0 MB | <= 250 MB | yes |" in page
+    # CPU ms/member beside members/s, in the main table and the memory table.
+    assert "| 100 ms | 1,000.0 | 0.55 | 18.0 | 2,000.0 | 55.6 | 0.5 |" in page
+    assert "| 100,000 | 100 ms | 1,000.0 | 0.61 | 320.0 | 230.0 |" in page
     assert "Index Scan using ix_members_due" in page
     assert "![members/s against MX latency and concurrency](results.png)" in page
 
@@ -262,3 +299,17 @@ def test_webhook_section_is_added_to_the_page() -> None:
     page = report.markdown({"webhooks": run})
     assert "## MX webhooks: intake and webhook-to-stream latency" in page
     assert "Where the time goes" in page
+
+
+def test_hand_written_sections_survive_a_new_run() -> None:
+    note = f"{report.KEEP_BEGIN}\n## Speed round two\n\nCPU figures.\n{report.KEEP_END}"
+    old = f"# Benchmark results\n\n## Targets\n\nold table\n\n{note}\n\n## Notes\n"
+    kept = report.kept_sections(old)
+    assert kept == note
+    page = report.markdown(_results(), kept)
+    assert page.startswith("# Benchmark results")
+    assert page.rstrip().endswith(report.KEEP_END)
+    assert page.count("## Speed round two") == 1
+    assert "old table" not in page
+    assert report.kept_sections(page) == note  # and the run after that keeps it again
+    assert report.kept_sections("# Benchmark results\n") == ""
