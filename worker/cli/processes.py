@@ -134,7 +134,8 @@ def _print_demo(result: dict[str, Any]) -> None:
         f"now); scan claimed {summary['scan']['claimed']} in {summary['scan']['batches']} "
         f"batch(es); {summary['mx_calls']} MX calls; "
         f"{summary['notifications_created_now']} new notifications this run; "
-        f"outbox {summary['outbox']}"
+        "outbox: "
+        + (", ".join(f"{n} {status}" for status, n in sorted(summary["outbox"].items())) or "empty")
     )
     _print_webhook(result["webhook"])
     for name, value in result["backends"].items():
