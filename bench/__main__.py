@@ -7,6 +7,7 @@ Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated
     uv run python -m bench            # full run (~15 min on 2 cores)
     uv run python -m bench --quick    # smaller sizes, same shape (~3 min)
     uv run python -m bench serve      # `reauth serve` under load (bench/serve.py, ~2 min)
+    uv run python -m bench webhooks   # MX webhook intake and webhook-to-stream latency
     uv run python -m bench funnel     # `reauth report` over 1,000,000 episodes (bench/funnel.py)
 """
 
@@ -92,6 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         from bench import serve
 
         serve.main(argv[1:])
+        return
+    if argv[:1] == ["webhooks"]:
+        from bench import webhooks
+
+        webhooks.main(argv[1:])
         return
     if argv[:1] == ["funnel"]:
         from bench import funnel
@@ -252,14 +258,19 @@ def main(argv: list[str] | None = None) -> None:
 def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "results.json"
-    if previous.exists() and "serve" not in results:
-        # The serve run (python -m bench serve) is run on its own: keep its figures.
-        serve = json.loads(previous.read_text()).get("serve")
-        if serve:
-            results["serve"] = serve
+    if previous.exists():
+        # The serve, webhooks and funnel runs (python -m bench serve|webhooks|funnel) are run
+        # on their own: keep their figures.
+        kept = json.loads(previous.read_text())
+        for key in ("serve", "webhooks", "funnel"):
+            if kept.get(key) and key not in results:
+                results[key] = kept[key]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.plot(results, out / "results.png")
-    (out / "RESULTS.md").write_text(report.markdown(results))
+    page = out / "RESULTS.md"
+    # Hand-written findings (between report.KEEP_BEGIN/KEEP_END) survive a new run.
+    kept = report.kept_sections(page.read_text()) if page.exists() else ""
+    page.write_text(report.markdown(results, kept))
     for t in results["targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
     print(f"wrote {out / 'results.json'}, {out / 'RESULTS.md'}, {out / 'results.png'}")

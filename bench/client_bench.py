@@ -13,6 +13,12 @@ its process with the server's. Rows, all in the same run and at the same concurr
 * ``MxClient (httpx default transport)``: our client with httpx's own transport injected;
 * ``httpx.AsyncClient (default)``: a bare httpx loop, no client logic;
 * ``aiohttp raw``: a bare aiohttp loop, the ceiling.
+
+Every row reports req/s and the client process's **CPU µs per request** (``time.process_time``
+over the counted requests; the sandbox runs in another process), and its CPU ratio to the raw
+aiohttp row of the same run: the CPU figure hardly depends on what else the machine runs, so
+it is the one to compare when the machine is shared. Every row runs on uvloop, as the worker
+does. ``--rows`` picks rows (the httpx default transport rows are slow: ~64 req/s).
 """
 
 from __future__ import annotations
@@ -35,8 +41,6 @@ from bench.infra import API_KEY, CLIENT_ID, free_port
 from worker.config import Settings
 from worker.mx import OAuthRequest, build_mx_client
 
-PLATFORM_ACCEPT = "application/vnd.mx.api.v1+json"
-
 
 def start_sandbox(port: int, latency: float) -> subprocess.Popen[bytes]:
     code = "import sys; from worker.cli import main; main(sys.argv[1:])"
@@ -53,8 +57,13 @@ def start_sandbox(port: int, latency: float) -> subprocess.Popen[bytes]:
     raise SystemExit("sandbox did not start")
 
 
-async def drive(call: Callable[[int], Awaitable[None]], requests: int, concurrency: int) -> float:
-    """Run ``requests`` calls with at most ``concurrency`` in flight; returns req/s."""
+async def drive(
+    call: Callable[[int], Awaitable[None]], requests: int, concurrency: int
+) -> tuple[float, float]:
+    """Run ``requests`` calls with at most ``concurrency`` in flight.
+
+    Returns (req/s, CPU µs of this process per request), warm-up excluded.
+    """
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
@@ -62,9 +71,10 @@ async def drive(call: Callable[[int], Awaitable[None]], requests: int, concurren
             await call(i)
 
     await asyncio.gather(*(one(i) for i in range(min(concurrency, 32))))  # warm connections
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(one(i) for i in range(requests)))
-    return requests / (time.perf_counter() - started)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return requests / elapsed, cpu / requests * 1e6
 
 
 def settings(base: str, concurrency: int) -> Settings:
@@ -87,7 +97,9 @@ def request(i: int) -> OAuthRequest:
     return OAuthRequest(f"MBR-{i}", "USR-1", None, "BROWSER", False)
 
 
-async def bench_mx(base: str, concurrency: int, requests: int, default_transport: bool) -> float:
+async def bench_mx(
+    base: str, concurrency: int, requests: int, default_transport: bool
+) -> tuple[float, float]:
     transport = (
         httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=concurrency))
         if default_transport
@@ -101,50 +113,74 @@ async def bench_mx(base: str, concurrency: int, requests: int, default_transport
         return await drive(call, requests, concurrency)
 
 
-def path(i: int) -> str:
-    return f"/users/USR-1/members/MBR-{i}/oauth_window_uri"
+def calls(base: str, n: int) -> tuple[list[str], dict[str, str]]:
+    """The URLs (query encoded) and headers our client sends for ``n`` requests, from the same
+    dialect (Accept, Accept-Version), plus Basic auth: the bare rows send what MxClient sends."""
+    from urllib.parse import urlencode
+
+    from worker.mx.api import dialect_for
+
+    dialect = dialect_for(settings(base, 1))
+    urls, headers = [], {}
+    for i in range(n):
+        call = dialect.oauth_window(request(i))
+        urls.append(f"{call.url}?{urlencode(call.params)}" if call.params else call.url)
+        headers = dict(call.headers)
+    basic = base64.b64encode(f"{CLIENT_ID}:{API_KEY}".encode()).decode()
+    headers["Authorization"] = f"Basic {basic}"
+    return urls, headers
 
 
-async def bench_httpx(base: str, concurrency: int, requests: int) -> float:
+async def bench_httpx(base: str, concurrency: int, requests: int) -> tuple[float, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60.0) as client:
+    urls, headers = calls(base, requests)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
 
         async def call(i: int) -> None:
-            answer = await client.get(
-                path(i), auth=(CLIENT_ID, API_KEY), headers={"Accept": PLATFORM_ACCEPT}
-            )
+            answer = await client.get(urls[i], headers=headers)
             answer.raise_for_status()
 
         return await drive(call, requests, concurrency)
 
 
-async def bench_aiohttp(base: str, concurrency: int, requests: int) -> float:
+async def bench_aiohttp(base: str, concurrency: int, requests: int) -> tuple[float, float]:
     connector = aiohttp.TCPConnector(limit=concurrency)
-    basic = base64.b64encode(f"{CLIENT_ID}:{API_KEY}".encode()).decode()
-    headers = {"Accept": PLATFORM_ACCEPT, "Authorization": f"Basic {basic}"}
-    async with aiohttp.ClientSession(base, connector=connector) as session:
+    urls, headers = calls(base, requests)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def call(i: int) -> None:
-            async with session.get(path(i), headers=headers) as answer:
+            async with session.get(urls[i], headers=headers) as answer:
                 answer.raise_for_status()
                 await answer.read()
 
         return await drive(call, requests, concurrency)
 
 
-def run_all(base: str, concurrency: int, requests: int) -> list[tuple[str, float]]:
-    """Every row for one concurrency, one fresh event loop each."""
-    runs: list[tuple[str, Callable[[], Awaitable[float]]]] = [
-        ("MxClient (aiohttp transport)", lambda: bench_mx(base, concurrency, requests, False)),
-        ("MxClient (httpx default transport)", lambda: bench_mx(base, concurrency, requests, True)),
-        ("httpx.AsyncClient (default)", lambda: bench_httpx(base, concurrency, requests)),
-        ("aiohttp raw", lambda: bench_aiohttp(base, concurrency, requests)),
-    ]
+ROWS = {
+    "mx": "MxClient (aiohttp transport)",
+    "mx-httpx": "MxClient (httpx default transport)",
+    "httpx": "httpx.AsyncClient (default)",
+    "aiohttp": "aiohttp raw",
+}
 
-    async def timed(run: Callable[[], Awaitable[float]]) -> float:
-        return await run()
 
-    return [(name, asyncio.run(timed(run))) for name, run in runs]
+def run_all(
+    base: str, concurrency: int, requests: int, rows: list[str]
+) -> list[tuple[str, float, float]]:
+    """The chosen rows for one concurrency, one fresh uvloop event loop each."""
+    import uvloop
+
+    runs: dict[str, Callable[[], Awaitable[tuple[float, float]]]] = {
+        "mx": lambda: bench_mx(base, concurrency, requests, False),
+        "mx-httpx": lambda: bench_mx(base, concurrency, requests, True),
+        "httpx": lambda: bench_httpx(base, concurrency, requests),
+        "aiohttp": lambda: bench_aiohttp(base, concurrency, requests),
+    }
+    out = []
+    for key in rows:
+        rate, cpu_us = uvloop.run(runs[key]())
+        out.append((ROWS[key], rate, cpu_us))
+    return out
 
 
 def main() -> None:
@@ -153,6 +189,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=0, help="per row (default 10 x conc.)")
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument(
+        "--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="which clients to run"
+    )
     args = parser.parse_args()
     # As in production (INFO): the client's per-request DEBUG lines are not rendered.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
@@ -164,17 +203,25 @@ def main() -> None:
     try:
         for concurrency in args.concurrency:
             requests = args.requests or max(1000, concurrency * 10)
-            for name, rate in run_all(base, concurrency, requests):
+            measured = run_all(base, concurrency, requests, args.rows)
+            raw_cpu = next((c for n, _, c in measured if n == ROWS["aiohttp"]), None)
+            for name, rate, cpu_us in measured:
+                vs_raw = round(cpu_us / raw_cpu, 2) if raw_cpu else None
                 rows.append(
                     {
                         "client": name,
                         "in_flight": concurrency,
                         "requests": requests,
                         "req_per_s": round(rate, 1),
+                        "cpu_us_per_req": round(cpu_us, 1),
+                        "cpu_vs_raw_aiohttp": vs_raw,
                     }
                 )
                 if not args.json:
-                    print(f"{name:36} in flight {concurrency:4} {requests:6} req {rate:8.1f} req/s")
+                    print(
+                        f"{name:36} in flight {concurrency:4} {requests:6} req {rate:8.1f} req/s"
+                        f" {cpu_us:7.1f} us CPU/req ({vs_raw}x raw aiohttp)"
+                    )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -1,5 +1,6 @@
 """Benchmark plumbing: a throw-away PostgreSQL database, a Redis db, the sandbox and Celery workers
-as subprocesses, fast seeding with COPY, and a peak-RSS sampler for a process tree.
+as subprocesses, fast seeding with COPY, and a sampler of a process tree's CPU time and peak
+memory (RSS and PSS).
 
 Everything binds or connects to loopback only. Every subprocess is started in its own session
 (process group) and killed as a group on exit, so a failed run leaves nothing behind.
@@ -36,8 +37,7 @@ PG_SERVER_URL = os.environ.get(
 )
 #: Redis db of the benchmark (tests use 15; this is flushed at the start of every run).
 REDIS_URL = os.environ.get("REAUTH_BENCH_REDIS_URL", "redis://localhost:6379/13")
-#: The benchmark database (dropped and recreated by each run): REAUTH_BENCH_DB names another, so
-#: two runs on one server do not drop each other's.
+#: The benchmark database (dropped and recreated): override to run beside another benchmark.
 DB_NAME = os.environ.get("REAUTH_BENCH_DB", "reauth_bench")
 CLIENT_ID = DEFAULT_CLIENT_ID
 API_KEY = DEFAULT_API_KEY
@@ -370,16 +370,43 @@ def wait_queue_empty(queue: str, timeout: float = 60) -> None:
     raise RuntimeError(f"queue {queue} did not drain in {timeout}s")
 
 
-class PeakRss:
-    """Samples the summed RSS of a process and all its descendants on a thread."""
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size of one process (``Pss:`` of /proc/<pid>/smaps_rollup), in bytes.
 
-    def __init__(self, pid: int, interval: float = 0.1, pss_every: int = 10) -> None:
+    smaps_rollup is one summed record per process, far cheaper than psutil's full smaps walk;
+    0 where the file is missing (not Linux, or the process just exited).
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakRss:
+    """Samples a process and all its descendants on a thread: peak RSS, peak PSS, CPU time.
+
+    Memory: the RSS sum counts pages a prefork parent shares with its children once per
+    process; PSS splits every shared page between the processes mapping it, so its sum is the
+    tree's real footprint (the figure the issue judges). CPU: the last seen user + system time
+    of every process ever seen in the tree, minus what it had when the block began, so a pool
+    child that exits or is replaced mid-run still counts. :meth:`__exit__` takes a final sample,
+    so end the block before the worker is stopped.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.1, pss_every: int = 5) -> None:
         self._pid = pid
         self._interval = interval
-        # PSS needs /proc/<pid>/smaps_rollup, dearer than RSS: read it every pss_every samples.
+        # PSS reads /proc/<pid>/smaps_rollup, dearer than RSS: every pss_every samples.
         self._pss_every = pss_every
         self.peak = 0
         self.peak_pss = 0
+        self._cpu_start: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -389,32 +416,42 @@ class PeakRss:
 
     def _sample(self, pss: bool) -> None:
         rss = total_pss = 0
+        cpu: dict[int, float] = {}
         for p in self._tree():
             with contextlib.suppress(psutil.Error):
-                if pss:
-                    info = p.memory_full_info()
-                    rss += info.rss
-                    total_pss += info.pss
-                else:
+                with p.oneshot():
                     rss += p.memory_info().rss
-        self.peak = max(self.peak, rss)
-        self.peak_pss = max(self.peak_pss, total_pss)
+                    t = p.cpu_times()
+                    cpu[p.pid] = t.user + t.system
+                if pss:
+                    total_pss += _pss_bytes(p.pid)
+        with self._lock:
+            self.peak = max(self.peak, rss)
+            self.peak_pss = max(self.peak_pss, total_pss)
+            first = not self._cpu_last
+            for pid, used in cpu.items():
+                self._cpu_start.setdefault(pid, used if first else 0.0)
+                self._cpu_last[pid] = used
 
     def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
+        n = 1
+        while not self._stop.wait(self._interval):
             with contextlib.suppress(psutil.Error):
                 self._sample(pss=n % self._pss_every == 0)
             n += 1
-            self._stop.wait(self._interval)
 
     def __enter__(self) -> PeakRss:
+        # The first sample is the CPU baseline (start-up and warm-up are not counted); a
+        # process that appears later counts from zero.
+        self._sample(pss=True)
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        with contextlib.suppress(psutil.Error):
+            self._sample(pss=True)
 
     @property
     def peak_mb(self) -> float:
@@ -423,6 +460,12 @@ class PeakRss:
     @property
     def peak_pss_mb(self) -> float:
         return round(self.peak_pss / 2**20, 1)
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the tree used inside the block."""
+        with self._lock:
+            return sum(used - self._cpu_start[pid] for pid, used in self._cpu_last.items())
 
 
 def wait_stream(

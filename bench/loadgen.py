@@ -4,6 +4,7 @@ one JSON result to the file the job names (``out``)::
 
     {"mode": "closed", "urls": [...], "concurrency": 32, "seconds": 10, "warmup": 2}
     {"mode": "open", "urls": [...], "rate": 200, "method": "POST"}
+    {"mode": "open", "urls": [...], "rate": 1000, "bodies": [...], "headers": {...}}
 
 * ``closed``: ``concurrency`` workers on keep-alive connections, each sending its next GET as
   soon as the previous one is answered, cycling through ``urls``; requests answered in the
@@ -73,17 +74,27 @@ async def closed(
     }
 
 
-async def open_loop(urls: list[str], rate: float, method: str) -> dict[str, Any]:
+async def open_loop(
+    urls: list[str],
+    rate: float,
+    method: str,
+    bodies: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)  # no cap: an open loop must not queue here
     async with aiohttp.ClientSession(connector=connector, timeout=TIMEOUT) as session:
         start = time.perf_counter() + 0.05
+        start_epoch = time.time() + 0.05
 
         async def one(i: int) -> dict[str, Any]:
             due = start + i / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             sent = time.perf_counter()
             try:
-                async with session.request(method, urls[i], allow_redirects=False) as answer:
+                body = bodies[i].encode() if bodies else None
+                async with session.request(
+                    method, urls[i], data=body, headers=headers, allow_redirects=False
+                ) as answer:
                     await answer.read()
                     status = answer.status
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -103,6 +114,7 @@ async def open_loop(urls: list[str], rate: float, method: str) -> dict[str, Any]
     return {
         "requests": len(results),
         "rate": rate,
+        "start_epoch": start_epoch,
         "seconds": round(last, 3),
         "statuses": dict(Counter(str(r["status"]) for r in results)),
         "results": results,
@@ -120,7 +132,12 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         return uvloop.run(
             closed(job["urls"], job["concurrency"], job["seconds"], job.get("warmup", 2.0))
         )
-    return uvloop.run(open_loop(job["urls"], job["rate"], job.get("method", "POST")))
+    return uvloop.run(
+        open_loop(
+            job["urls"], job["rate"], job.get("method", "POST"), job.get("bodies"),
+            job.get("headers"),
+        )
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

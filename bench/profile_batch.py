@@ -4,14 +4,25 @@
 
 Seeds the benchmark database, starts the sandbox in its own process, claims ``batches`` pages
 like the scan does, then runs the real ``worker.service.regenerate.regenerate_batch`` on each under
-pyinstrument with the worker's settings. Writes ``bench/profiles/regenerate-<latency>.html``
-and prints a text summary plus per-phase wall times.
+pyinstrument with the worker's settings. Prints, and writes under ``bench/profiles/``:
+
+* ``unprofiled``: members/s in one process and **CPU ms per member** (``time.process_time``),
+  the figure to compare between changes (it hardly depends on what else the machine runs);
+* ``regenerate-<latency>-<level>-cpu.txt``: a cProfile on the *CPU* clock, as a table of CPU
+  per member by library/stage (MX client, httpx, aiohttp, the event loop, SQLAlchemy,
+  psycopg, Redis, logging) and the top functions;
+* ``regenerate-<latency>-<level>.txt`` / ``.html``: the pyinstrument tree (wall clock: the
+  event loop's ``[self]`` there is mostly waiting for MX).
+
+``--log-level INFO`` runs with production's level (the worker's default); WARNING is the
+benchmark's setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pstats
 import time
 from pathlib import Path
 
@@ -25,6 +36,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--mx-concurrency", type=int, default=64)
     parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--log-level", default="WARNING", help="REAUTH_LOG_LEVEL (WARNING)")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's collector settings (a pool process runs worker.runtime.tune_gc)",
+    )
     args = parser.parse_args()
 
     from pyinstrument import Profiler
@@ -45,6 +62,7 @@ def main() -> None:
             sb,
             REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
             REAUTH_BATCH_SIZE=str(args.batch_size),
+            REAUTH_LOG_LEVEL=args.log_level.upper(),
         )
         os.environ.update({k: v for k, v in env.items() if k.startswith("REAUTH_")})
         from worker.cli.output import setup
@@ -56,7 +74,11 @@ def main() -> None:
         from worker.store.db import session_scope
 
         get_settings.cache_clear()
-        setup()  # the worker's logging (JSON, WARNING), as in a pool process
+        if not args.default_gc:
+            from worker.runtime import tune_gc
+
+            tune_gc()  # as the Celery parent does before forking its pool (worker_init)
+        setup()  # the worker's logging (JSON, --log-level), as in a pool process
         rt = Runtime(get_settings())
         pages = []
         after = None
@@ -88,25 +110,81 @@ def main() -> None:
             f"process, {cpu / members * 1000:.2f} ms CPU per member"
         )
         import cProfile
+        import io
         import pstats
+        import sys
 
-        cp = cProfile.Profile()
+        tag = f"{args.latency}-{args.log_level.lower()}"
+        # On the CPU clock: the time the event loop spends waiting for MX is not counted.
+        cp = cProfile.Profile(time.process_time)
         cp.enable()
-        for ids, owner in pages[half : half + 5]:
+        profiled = pages[half : half + 5]
+        for ids, owner in profiled:
             regenerate_batch(rt, ids, owner, clock=utc_now)
         cp.disable()
-        pstats.Stats(cp).sort_stats("tottime").print_stats(25)
+        n = sum(len(ids) for ids, _ in profiled)
+        buf = io.StringIO()
+        buf.write(
+            f"cProfile on the CPU clock, {n} members, MX latency {args.latency}s, log level "
+            f"{args.log_level}; unprofiled: {cpu / members * 1000:.2f} ms CPU per member\n\n"
+        )
+        buf.write(stage_table(pstats.Stats(cp), n))
+        buf.write("\n")
+        stats = pstats.Stats(cp, stream=buf)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(40)
+        (out / f"regenerate-{tag}-cpu.txt").write_text(buf.getvalue())
+        sys.stdout.write(buf.getvalue()[:6000])
         profiler = Profiler(interval=0.001)
         profiler.start()
         for ids, owner in pages[half:]:
             regenerate_batch(rt, ids, owner, clock=utc_now)
         profiler.stop()
-        path = out / f"regenerate-{args.latency}.html"
+        path = out / f"regenerate-{tag}.html"
         path.write_text(profiler.output_html())
-        print(profiler.output_text(unicode=False, color=False, show_all=False)[:12000])
-        print(f"profile: {path}")
+        text = profiler.output_text(unicode=False, color=False, show_all=False)
+        (out / f"regenerate-{tag}.txt").write_text(text)
+        print(text[:12000])
+        print(f"profiles: {out}/regenerate-{tag}*")
         rt.close()
     infra.drop_database()
+
+
+#: Stages of a member's CPU, by where the code lives (first match wins), for stage_table.
+STAGES = (
+    ("MX client (worker/mx)", ("worker/mx/",)),
+    ("httpx", ("/httpx/", "/httpx_aiohttp/")),
+    ("aiohttp + yarl + multidict", ("/aiohttp/", "/yarl/", "/multidict/", "/aiohappyeyeballs/")),
+    ("Redis client (rate limiter, sessions)", ("/redis/",)),
+    ("SQLAlchemy", ("/sqlalchemy/",)),
+    ("psycopg", ("/psycopg/",)),
+    ("logging (structlog + stdlib)", ("/structlog/", "logging/__init__", "worker/logging.py")),
+    ("event loop (asyncio/uvloop)", ("asyncio/", "/uvloop/", "uvloop.")),
+    ("service + store + core (worker/)", ("worker/", "models/")),
+)
+
+
+def stage_table(stats: pstats.Stats, members: int) -> str:
+    """CPU µs per member by stage: the profile's own (tottime) CPU summed by file."""
+    totals: dict[str, float] = {name: 0.0 for name, _ in STAGES}
+    totals["other (C builtins: sockets, json, ...)"] = 0.0
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    raw = stats.stats  # type: ignore[attr-defined]
+    for (filename, _line, func), (_cc, _nc, tt, _ct, _callers) in raw.items():
+        # C functions have filename "~" and say whose they are in their name (uvloop.loop...).
+        where = f"{filename}:{func}"
+        for name, needles in STAGES:
+            if any(needle in where for needle in needles):
+                totals[name] += tt
+                break
+        else:
+            totals["other (C builtins: sockets, json, ...)"] += tt
+    whole = sum(totals.values()) or 1.0
+    lines = ["| stage | CPU us/member | share |", "|---|---:|---:|"]
+    for name, tt in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {tt / members * 1e6:.0f} | {tt / whole:.0%} |")
+    lines.append(f"| **total (profiled)** | {whole / members * 1e6:.0f} | 100% |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def pipeline(
             got, ended = infra.wait_stream(infra.STREAM, due, timeout=timeout)
     sender.close()
     elapsed = ended - started
+    cpu_s = rss.cpu_s
     sent = infra.scalar(db_url, "SELECT count(*) FROM notifications WHERE status = 'sent'")
     return {
         "kind": "pipeline",
@@ -93,6 +94,10 @@ def pipeline(
         "mx_concurrency": mx_concurrency,
         "batch_size": batch_size,
         "in_flight": processes * min(mx_concurrency, batch_size),
+        # The figure that travels between machines: the worker tree's CPU time per member
+        # (the main process and its pool children, start-up and warm-up excluded).
+        "cpu_s": round(cpu_s, 2),
+        "cpu_ms_per_member": round(cpu_s * 1000 / got, 3) if got else None,
         "peak_rss_mb": rss.peak_mb,
         "peak_pss_mb": rss.peak_pss_mb,
     }

@@ -20,7 +20,9 @@ def _results() -> dict[str, Any]:
             "in_flight": 200,
             "seconds": 20.0,
             "members": 20_000,
+            "cpu_ms_per_member": 0.55,
             "peak_rss_mb": 250.0,
+            "peak_pss_mb": 190.0,
         },
         {
             "kind": "naive",
@@ -45,6 +47,7 @@ def _results() -> dict[str, Any]:
             "per_s": 500.0,
             "in_flight": 200,
             "seconds": 40.0,
+            "cpu_ms_per_member": 1.25,
         },
         {
             "kind": "naive",
@@ -60,7 +63,9 @@ def _results() -> dict[str, Any]:
             "latency_s": 0.1,
             "per_s": 1000.0,
             "members": 20_000,
+            "cpu_ms_per_member": 0.57,
             "peak_rss_mb": 250.0,
+            "peak_pss_mb": 200.0,
         },
         {
             "kind": "pipeline",
@@ -68,7 +73,9 @@ def _results() -> dict[str, Any]:
             "latency_s": 0.1,
             "per_s": 1000.0,
             "members": 100_000,
+            "cpu_ms_per_member": 0.61,
             "peak_rss_mb": 320.0,
+            "peak_pss_mb": 230.0,
         },
         {
             "kind": "due_query",
@@ -117,6 +124,8 @@ def test_ratios_put_the_three_side_by_side_per_latency() -> None:
     assert by_lat[0.0]["vs_naive"] == 2.5
     assert by_lat[0.0]["raw"] is None
     assert by_lat[0.0]["vs_raw"] is None
+    assert by_lat[0.1]["cpu_ms_per_member"] == 0.55
+    assert by_lat[0.0]["cpu_ms_per_member"] == 1.25
 
 
 def test_targets_are_judged_against_the_issue_thresholds() -> None:
@@ -126,13 +135,41 @@ def test_targets_are_judged_against_the_issue_thresholds() -> None:
     assert verdicts["vs raw ceiling at 100 ms"] is True
     assert verdicts["vs naive at 0 ms"] is False
     assert verdicts["due query, 10,000 of 1,000,000"] is True
+    assert verdicts["worker CPU per member at 100 ms"] is True  # 0.55 ms <= 0.6
+    # Memory is judged as PSS (230 MB <= 250), not the RSS sum (320 MB).
+    assert verdicts["worker peak PSS (process tree)"] is True
+    assert verdicts["PSS growth 20,000 -> 100,000 due"] is True  # +15%
+    assert "worker peak RSS (process tree)" not in verdicts
+
+
+def test_memory_falls_back_to_rss_for_runs_without_pss() -> None:
+    results = _results()
+    for r in results["rows"]:
+        r.pop("peak_pss_mb", None)
+        r.pop("cpu_ms_per_member", None)
+    verdicts = {t["target"]: t["met"] for t in report.targets(results)}
     assert verdicts["worker peak RSS (process tree)"] is False  # 320 MB at 100k
     assert verdicts["RSS growth 20,000 -> 100,000 due"] is False  # +28%
+    assert "worker CPU per member at 100 ms" not in verdicts
+    page = report.markdown(results)
+    assert "| 100 ms | 1,000.0 | - | 18.0 |" in page
+
+
+def test_cpu_per_member_misses_above_the_target() -> None:
+    results = _results()
+    results["rows"][0]["cpu_ms_per_member"] = 0.75
+    verdicts = {t["target"]: t["met"] for t in report.targets(results)}
+    assert verdicts["worker CPU per member at 100 ms"] is False
 
 
 def test_markdown_shows_every_target_and_the_plan() -> None:
     page = report.markdown(_results())
     assert "| vs naive at 0 ms | 2.5x | >= 4x | **no** |" in page
+    assert "| worker CPU per member at 100 ms | 0.55 ms | <= 0.6 ms | yes |" in page
+    assert "| worker peak PSS (process tree) | 230.0 MB | <= 250 MB | yes |" in page
+    # CPU ms/member beside members/s, in the main table and the memory table.
+    assert "| 100 ms | 1,000.0 | 0.55 | 18.0 | 2,000.0 | 55.6 | 0.5 |" in page
+    assert "| 100,000 | 100 ms | 1,000.0 | 0.61 | 320.0 | 230.0 |" in page
     assert "Index Scan using ix_members_due" in page
     assert "![members/s against MX latency and concurrency](results.png)" in page
 
@@ -219,3 +256,60 @@ def test_serve_section_is_added_to_the_page_and_kept_alone() -> None:
     alone = report.markdown({"serve": serve})
     assert "## `reauth serve`" in alone
     assert "## Targets" not in alone
+
+
+def _webhook_run(per_s: float, p99: float, stored: int, p50_e2e: float) -> dict[str, Any]:
+    ingest = {
+        "kind": "ingest", "connections": 16, "serve_workers": 1, "requests": 1000,
+        "non_2xx": 0, "connect_errors": 0, "read_errors": 0, "write_errors": 0, "timeouts": 0,
+        "per_s": per_s, "p50_ms": 5.0, "p99_ms": p99, "stored": stored, "vs_baseline": 0.1,
+        "cpu_ms": {"server": 0.5, "postgres": 0.1, "redis": 0.01, "other": 0.2},
+    }  # fmt: skip
+    e2e = {
+        "kind": "e2e", "events": 1000, "rate": 1000.0, "latency_s": 0.05, "processes": 2,
+        "statuses": {"204": 1000}, "notified": 1000, "p50_ms": p50_e2e, "p90_ms": 1.0,
+        "p99_ms": 1.0, "max_ms": 1.0, "all_s": 3.0, "inbox": {"applied": 1000},
+        "phases_p50_ms": {"stored": 5.0, "applied": 50.0, "uri_attempt": 90.0, "outbox": 90.0,
+                          "sent": 99.0},
+    }  # fmt: skip
+    return {
+        "command": "uv run python -m bench webhooks", "finished_at": "now", "duration_s": 60.0,
+        "config": {"seconds": 10.0}, "environment": {"cpus": 2},
+        "rows": [{"kind": "ingest_baseline", "per_s": 10_000.0, "p50_ms": 1.0, "p99_ms": 2.0},
+                 ingest, e2e],
+    }  # fmt: skip
+
+
+def test_webhook_targets_need_rate_p99_and_every_204_stored() -> None:
+    from bench import report_webhooks
+
+    met = report_webhooks.webhook_targets(_webhook_run(1200.0, 20.0, 1003, 1500.0))
+    assert [t["met"] for t in met] == [True, True]
+    slow = report_webhooks.webhook_targets(_webhook_run(1200.0, 30.0, 1000, 2500.0))
+    assert [t["met"] for t in slow] == [False, False]
+    lost = report_webhooks.webhook_targets(_webhook_run(1200.0, 20.0, 999, 1500.0))
+    assert lost[0]["met"] is False  # a 204 without its row is never a pass
+
+
+def test_webhook_section_is_added_to_the_page() -> None:
+    run = _webhook_run(1200.0, 20.0, 1000, 1500.0)
+    from bench import report_webhooks
+
+    run["targets"] = report_webhooks.webhook_targets(run)
+    page = report.markdown({"webhooks": run})
+    assert "## MX webhooks: intake and webhook-to-stream latency" in page
+    assert "Where the time goes" in page
+
+
+def test_hand_written_sections_survive_a_new_run() -> None:
+    note = f"{report.KEEP_BEGIN}\n## Speed round two\n\nCPU figures.\n{report.KEEP_END}"
+    old = f"# Benchmark results\n\n## Targets\n\nold table\n\n{note}\n\n## Notes\n"
+    kept = report.kept_sections(old)
+    assert kept == note
+    page = report.markdown(_results(), kept)
+    assert page.startswith("# Benchmark results")
+    assert page.rstrip().endswith(report.KEEP_END)
+    assert page.count("## Speed round two") == 1
+    assert "old table" not in page
+    assert report.kept_sections(page) == note  # and the run after that keeps it again
+    assert report.kept_sections("# Benchmark results\n") == ""

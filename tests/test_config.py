@@ -216,3 +216,18 @@ def test_grouping_defaults_to_member_and_user_grouping_loads() -> None:
         reconnect_secrets="k" * 32,
     )
     assert reconnect_only.grouping_window == timedelta(hours=1)
+
+
+def test_tune_gc_freezes_the_heap_and_raises_the_thresholds() -> None:
+    import gc
+
+    from worker.runtime import GC_THRESHOLDS, tune_gc
+
+    saved = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000  # the imported modules' objects, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,17 +40,22 @@ def test_demo_covers_every_branch_and_is_idempotent(
     assert notified == sum(r["outcome"] == "success" for r in called)
     assert first["backends"]["database"].startswith("sqlite")  # type: ignore[index]
     lines = (tmp_path / "notifications.jsonl").read_text().splitlines()
-    assert len(lines) == notified
+    # The scan's notifications plus the webhook case's one.
+    assert len(lines) == notified + 1
 
     _check_funnel(first, tmp_path, capsys)
 
     second = _demo(capsys)
-    # Nobody clicks twice: the funnel is what the first run left.
+    # Nobody clicks twice: the funnel is what the first run left, plus the second run's
+    # webhook member (detected, a link, notified, reconnected through MX's webhooks, no click).
     assert second["funnel"]["people"]["complete"] == 0  # type: ignore[index]
-    assert second["funnel"]["funnel"] == first["funnel"]["funnel"]  # type: ignore[index]
+    before, after = first["funnel"]["funnel"], second["funnel"]["funnel"]  # type: ignore[index]
+    added = {stage: after[stage] - before[stage] for stage in before}
+    assert added == {s: int(s in {"detected", "link", "notified", "confirmed"}) for s in before}
     assert second["summary"]["notifications_created_now"] == 0  # type: ignore[index]
     assert second["summary"]["mx_calls"] == 0  # type: ignore[index]
-    assert len((tmp_path / "notifications.jsonl").read_text().splitlines()) == notified
+    # The scan re-notifies nobody; the webhook case's new member adds its one.
+    assert len((tmp_path / "notifications.jsonl").read_text().splitlines()) == notified + 2
 
 
 def _check_funnel(
@@ -77,9 +83,10 @@ def _check_funnel(
             assert counts["clicked"] == n(Episode.clicked_at.is_not(None))
             assert counts["confirmed"] == n(Episode.confirmed_at.is_not(None))
             assert counts["clicked"] == people["complete"] + people["abandon"]
-            assert counts["confirmed"] == people["complete"]
+            # The people who completed, and the webhook case's member (reconnected in MX).
+            assert counts["confirmed"] == people["complete"] + 1
             assert n(Episode.result == "CANCELLED") == people["abandon"]
-            assert summary["outcomes"]["reconnected"] == people["complete"]
+            assert summary["outcomes"]["reconnected"] == people["complete"] + 1
             presses = conn.scalar(
                 select(func.count()).select_from(Click).where(Click.outcome == "minted")
             )
@@ -120,3 +127,78 @@ def test_demo_serve_keeps_links_clickable(tmp_path: Path) -> None:
 
     run_demo(load_settings(), serve_port=port, while_serving=click_through)
     assert seen == {"page": 200, "press": 303, "window": 200}
+
+
+def _hook_facts(tmp_path: Path, guid: str) -> dict[str, Any]:
+    """What the database and the file sink hold about the demo's webhook member."""
+    from sqlalchemy import create_engine, select
+
+    from models import Attempt, Member, Notification, WebhookEvent
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'reauth.db'}")
+    try:
+        with engine.connect() as c:
+            m = c.execute(select(Member).where(Member.member_guid == guid)).one()
+            notes = c.execute(select(Notification).where(Notification.member_id == m.id)).all()
+            tried = c.execute(select(Attempt).where(Attempt.member_id == m.id)).all()
+            events = c.execute(
+                select(WebhookEvent.event_type, WebhookEvent.status, WebhookEvent.note)
+                .where(WebhookEvent.member_guid == guid)
+                .order_by(WebhookEvent.id)
+            ).all()
+    finally:
+        engine.dispose()
+    sink = [
+        json.loads(line)
+        for line in (tmp_path / "notifications.jsonl").read_text().splitlines()
+        if guid in line
+    ]
+    return {"member": m, "notes": notes, "attempts": tried, "events": events, "sink": sink}
+
+
+def test_demo_webhook_case_notifies_without_a_scan_and_stops_reminders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's webhook member: the sandbox's DENIED reaches `reauth serve` as MX webhooks
+    (204), the member is read from MX and notified by a regenerate batch the apply handed it
+    (trigger ``webhook``, no scan attempt), the file sink has its message; the sandbox's
+    CONNECTED (a MEMBER webhook) closes the episode and unschedules the reminder. A second run
+    breaks a new member (identical bodies within the dedupe window are stored once), so it
+    adds exactly one notification and re-notifies nobody."""
+    first: dict[str, Any] = _demo(capsys)
+    hook = first["webhook"]
+    guid = hook["member"]
+    broke, back = hook["steps"]
+    assert broke["webhooks"] == ["CONNECTION_STATUS 204", "MEMBER 204"]
+    assert (broke["state"], broke["reason"], broke["episode"]) == ("awaiting_user", "revoked", 1)
+    assert broke["next_reminder"] != "none"  # a reminder was scheduled while it was broken
+    assert back["webhooks"] == ["MEMBER 204"]
+    assert (back["state"], back["next_reminder"]) == ("idle", "none")
+
+    facts = _hook_facts(tmp_path, guid)
+    m = facts["member"]
+    assert (m.reauth_state, m.episode, m.connection_status) == ("idle", 1, "CONNECTED")
+    assert m.next_attempt_at is None
+    (note,) = facts["notes"]
+    assert (note.status, note.idempotency_key) == ("sent", f"{guid}:1:1")
+    assert note.payload["reason"] == "revoked"
+    # Notified by the webhook path only: every attempt of this member came from the apply.
+    assert [a.trigger for a in facts["attempts"]] == ["webhook"]
+    assert [(t, s) for t, s, _ in facts["events"]] == [
+        ("CONNECTION_STATUS", "applied"),
+        ("MEMBER", "applied"),
+        ("MEMBER", "applied"),
+    ]
+    assert "due now" in facts["events"][0][2]
+    assert "episode ended" in facts["events"][2][2]
+    (message,) = facts["sink"]
+    assert message["member_guid"] == guid
+
+    lines = len((tmp_path / "notifications.jsonl").read_text().splitlines())
+    second: dict[str, Any] = _demo(capsys)
+    assert second["summary"]["notifications_created_now"] == 0
+    other = second["webhook"]["member"]
+    assert other != guid
+    assert second["webhook"]["notifications_created_now"] == 1
+    assert len((tmp_path / "notifications.jsonl").read_text().splitlines()) == lines + 1
+    assert len(_hook_facts(tmp_path, guid)["notes"]) == 1

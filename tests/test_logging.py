@@ -96,3 +96,36 @@ def test_reconnect_tokens_and_states_do_not_survive(out: io.StringIO) -> None:
     assert len(records) == 3
     assert token not in text
     assert "/r/[REDACTED]" in text
+
+
+def test_lines_below_the_level_are_dropped_before_any_processor_and_the_level_stays_live() -> None:
+    """DEBUG lines (per member, per MX call) cost a level check when DEBUG is off: redaction,
+    the hot path's most expensive processor, never sees them; raising the stdlib level later
+    (setLevel, caplog) still takes effect on an already cached logger."""
+    buf = io.StringIO()
+    configure_logging(fmt="json", level="INFO", stream=buf)
+    seen: list[str] = []
+    from worker import logging as wlog
+
+    real = wlog.redact
+
+    def counting(logger: object, method: str, event: structlog.typing.EventDict) -> object:
+        seen.append(str(event.get("event")))
+        return real(logger, method, event)  # type: ignore[arg-type]
+
+    processors = structlog.get_config()["processors"]
+    at = processors.index(real)
+    processors[at] = counting
+    try:
+        log = structlog.get_logger("reauth.test.levels")
+        log.debug("quiet", member_guid="MBR-1")
+        log.info("loud", claimed=3)
+        assert seen == ["loud"]
+        logging.getLogger("reauth.test.levels").setLevel(logging.DEBUG)
+        log.debug("now_heard")
+    finally:
+        processors[at] = real
+        logging.getLogger("reauth.test.levels").setLevel(logging.NOTSET)
+    _, lines = _read(buf)
+    assert [line["event"] for line in lines] == ["loud", "now_heard"]
+    assert seen == ["loud", "now_heard"]

@@ -3,10 +3,13 @@
 SQLite (the configured database, ``reauth.db`` by default), migrations, about 50 seeded members
 covering every reason, skip_aggregation branch and channel, the MX sandbox in process on a free
 loopback port, a full scan through the real Celery task bodies (inline followups instead of a
-broker), notifications delivered to the file sink, and a table with a summary.
+broker), notifications delivered to the file sink, and a table with a summary. Then the
+webhook-driven case (:mod:`worker.demo_webhook`): a member breaks and reconnects in the sandbox,
+which tells `reauth serve` through MX webhooks; it is notified and its reminders stop, no scan.
 
 Seeding only inserts members that are missing, so a second run finds every notified member
-waiting for the user and creates no new notification.
+waiting for the user and the scan creates no new notification; the webhook member breaks again,
+a new episode with its own single notification.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from models import Attempt
+from worker import demo_webhook
 from worker.app import jobs
 from worker.clock import utc_now
 from worker.config import NotifySink, Settings
@@ -219,10 +223,14 @@ def run_demo(
             with session_scope(rt.sessions) as s:
                 rows = _rows(s, population, since=started)
                 notified_now = notifications.created_since(s, started)
+            mx_calls = len(
+                [r for r in sandbox.requests() if "oauth_window_uri" in r.get("path", "")]
+            )
+            hook = demo_webhook.run(rt, settings, sandbox)
+            with session_scope(rt.sessions) as s:
                 totals = {k: v for k, v in notifications.counts_by_status(s).items() if v}
         finally:
             rt.close()
-        mx_calls = len([r for r in sandbox.requests() if "oauth_window_uri" in r.get("path", "")])
         result = {
             "rows": rows,
             "summary": {
@@ -233,6 +241,7 @@ def run_demo(
                 "notifications_created_now": int(notified_now or 0),
                 "outbox": totals,
             },
+            "webhook": hook,
             "backends": _backends(settings),
         }
         # The end of the demo: some people click and complete, some abandon; the funnel.

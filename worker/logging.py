@@ -118,6 +118,25 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
+class FilteringBoundLogger(structlog.stdlib.BoundLogger):
+    """The stdlib bound logger whose ``debug``/``info`` return at once when the stdlib logger
+    would drop the event: no context copy, no processor call (what
+    ``structlog.make_filtering_bound_logger`` does), while the level stays the stdlib logger's
+    live one, so ``setLevel`` and pytest's ``caplog.set_level`` keep working on cached loggers.
+    Per-member and per-MX-call lines are DEBUG: with DEBUG off they cost one level check.
+    """
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return None
+        return super().debug(event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return None
+        return super().info(event, *args, **kw)
+
+
 def configure_logging(
     *, fmt: str | None = None, level: str = "INFO", stream: TextIO | None = None
 ) -> None:
@@ -150,7 +169,7 @@ def configure_logging(
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=FilteringBoundLogger,
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

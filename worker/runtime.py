@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -45,6 +46,23 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+#: Collector thresholds of worker processes (CPython's default is 700, 10, 10). A batch makes
+#: tens of thousands of short-lived objects (ORM rows, requests, responses) and almost no
+#: cycles; at the default, generation 0 runs every few hundred allocations and full
+#: collections walk every long-lived object (imports, SQLAlchemy's caches). Measured with
+#: bench.profile_batch: with these and gc.freeze(), ~15-20% less CPU per member.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """For a long-lived worker process, once it has imported what it runs: move everything
+    alive now out of the collector's sight (``gc.freeze``: also keeps forked pool processes
+    from touching, and so copying, the parent's pages) and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass

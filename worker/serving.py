@@ -49,6 +49,17 @@ def uvicorn_config(
     )
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket bound with SO_REUSEPORT (several processes on one port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
 @contextmanager
 def serve_in_thread(
     app: Any,

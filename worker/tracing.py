@@ -158,18 +158,19 @@ def instrument_engine(engine: Engine) -> None:
     EngineTracer(tracer, engine, usage)  # type: ignore[no-untyped-call]
 
 
-def instrument_client(client: httpx.AsyncClient) -> None:
-    """Client spans for every request of ``client``.
+def instrument_transport(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+    """``transport`` wrapped so every request through it gets a client span (itself when
+    tracing is off).
 
     The instrumentation's global hook patches ``httpx.AsyncHTTPTransport`` only; the MX client
-    runs over an aiohttp-based transport (``worker.mx.transport``), which it would never see.
-    Instrumenting the client wraps whatever transport it has.
+    runs over an aiohttp-based transport (``worker.mx.transport``) and sends straight to it
+    (no ``AsyncClient``), so the transport itself is wrapped.
     """
     if _state.provider is None:
-        return
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+        return transport
+    from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 
-    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=_state.provider)
+    return AsyncOpenTelemetryTransport(transport, tracer_provider=_state.provider)
 
 
 def record_error(current: Any, error: BaseException | None) -> None:

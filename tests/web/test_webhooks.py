@@ -334,6 +334,36 @@ def test_many_events_for_one_member_read_mx_once_per_batch(hooks: Hooks) -> None
         assert s.scalar(select(func.count()).select_from(Notification)) == 1
 
 
+@pytest.mark.redis
+def test_with_celery_an_apply_task_takes_one_batch_and_queues_the_next(
+    db_url: str, sandbox: RunningSandbox, redis_url: str
+) -> None:
+    """Through Celery (not inline) each apply task applies one batch; a full one queues the
+    next apply task (the coalescing flag in Redis is set again after the task cleared it), so
+    another pool process takes the next batch; a partial batch queues nothing more."""
+    import redis
+
+    from worker.app.followups import WEBHOOKS_QUEUED_KEY
+    from worker.service import webhooks
+
+    rt = Runtime(make_settings(db_url, sandbox, batch_size=2, redis_url=redis_url))
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for guid in ("MBR-c1", "MBR-c2", "MBR-c3"):
+            webhooks.intake(rt, json.dumps(_status(guid)).encode(), None, utc_now())
+        first = jobs.apply_webhooks(rt, clock=utc_now)
+        assert (first.events, first.applied) == (2, 2)
+        assert r.exists(WEBHOOKS_QUEUED_KEY)  # the next apply task was queued
+        assert webhooks.pending(rt, utc_now()) == 1
+        second = jobs.apply_webhooks(rt, clock=utc_now)  # what that task does
+        assert (second.events, second.applied) == (1, 1)
+        assert not r.exists(WEBHOOKS_QUEUED_KEY)
+        assert webhooks.pending(rt, utc_now()) == 0
+    finally:
+        r.close()
+        rt.close()
+
+
 # --- the sandbox as MX's sender -------------------------------------------------------------------
 
 

@@ -107,6 +107,16 @@ def _setup_logging(**_: Any) -> None:
     setup_from_settings(get_settings())
 
 
+@signals.worker_init.connect
+def _tune_gc(**_: Any) -> None:
+    # In the parent, before the pool forks: the children inherit the frozen heap and the
+    # thresholds (worker.runtime.tune_gc says why).
+    import worker.app.tasks  # noqa: F401  (everything a pool process runs, imported once)
+    from worker.runtime import tune_gc
+
+    tune_gc()
+
+
 @signals.task_prerun.connect
 def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     from worker.logging import bind_context, clear_context

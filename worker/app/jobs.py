@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from worker import failpoints, tracing
 from worker.core.policy import Reason
 from worker.runtime import Runtime
@@ -20,6 +22,8 @@ from worker.service import retention
 from worker.service import webhooks as webhook_events
 from worker.service.regenerate import BatchResult, regenerate_batch
 from worker.service.scan import ScanResult, run_scan, sweep
+
+log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 
@@ -107,5 +111,19 @@ def apply_webhooks(rt: Runtime, *, clock: Clock, sweep: bool = False) -> webhook
         if claimed:
             rt.followups.regenerate(claimed, owner, force=False, trigger="webhook")
 
+    def more() -> None:
+        try:
+            rt.followups.apply_webhooks()
+        except Exception as exc:  # broker down: this batch goes on, the beat sweeper follows
+            log.warning("webhook.queue_failed", error=type(exc).__name__)
+
     with tracing.span("reauth.apply_webhooks", {"reauth.sweep": sweep}):
-        return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)
+        if rt.inline:
+            return webhook_events.apply_pending(rt, clock=clock, hand_on=hand_on)
+        # With Celery, one batch per task: a full batch queues the next apply task (coalesced
+        # through its flag) before its MX reads, so another pool process takes the next batch
+        # meanwhile, and the regenerate batches this one hands on queue between apply tasks
+        # instead of waiting until every pending event is applied.
+        return webhook_events.apply_pending(
+            rt, clock=clock, hand_on=hand_on, max_batches=1, more=more
+        )

@@ -134,15 +134,46 @@ def _print_demo(result: dict[str, Any]) -> None:
         f"now); scan claimed {summary['scan']['claimed']} in {summary['scan']['batches']} "
         f"batch(es); {summary['mx_calls']} MX calls; "
         f"{summary['notifications_created_now']} new notifications this run; "
-        f"outbox {summary['outbox']}"
+        "outbox: "
+        + (", ".join(f"{n} {status}" for status, n in sorted(summary["outbox"].items())) or "empty")
     )
+    _print_webhook(result["webhook"])
     for name, value in result["backends"].items():
         console.print(f"  {name}: {value}")
     console.print(
         "Run it again: members already notified wait for the user, so no duplicate "
-        "notification is created. `reauth status` and `reauth history MEMBER` show the rest."
+        "notification is created (the webhook case breaks a new member each run: one new "
+        "notification). `reauth status`, `reauth history MEMBER` and `reauth webhooks list` "
+        "show the rest."
     )
     if "funnel" in result:
         from worker.demo_funnel import describe
 
         console.print(describe(result["funnel"]), style="bold")
+
+
+def _print_webhook(hook: dict[str, Any]) -> None:
+    """The webhook-driven case: what the sandbox did, what MX's webhooks got, what followed."""
+    table = Table(
+        title=f"webhook-driven case: {hook['member']} breaks and reconnects in the sandbox "
+        "(MX webhooks to reauth serve, no scan)"
+    )
+    for col in ("in the sandbox", "webhooks posted", "member", "episode", "next reminder",
+                "notifications this episode"):  # fmt: skip
+        table.add_column(col, overflow="fold")
+    for step in hook["steps"]:
+        table.add_row(
+            step["sandbox"],
+            ", ".join(step["webhooks"]) or "-",
+            f"{step['state']} ({step['reason']})",
+            str(step["episode"]),
+            step["next_reminder"],
+            ", ".join(step["notifications"]) or "-",
+        )
+    console.print(table)
+    console.print(
+        f"webhook case: {hook['notifications_created_now']} notification (attempt trigger "
+        f"{', '.join(hook['attempt_triggers']) or '-'}), {hook['mx_member_reads']} MX member "
+        f"reads, {hook['mx_uri_calls']} MX URI call; reconnected: episode closed, next reminder "
+        f"{'canceled' if hook['reminder_due_at_end'] is None else 'still scheduled'}"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 from typing import Any
 
@@ -15,9 +16,11 @@ from worker.cli.output import setup
 from worker.errors import ConfigError
 
 
-async def serve_all(servers: list[Any]) -> None:
-    """Run uvicorn servers together; when one stops (a signal reaches only the last one's
-    handler), all stop."""
+async def serve_all(
+    servers: list[Any], *, sockets: list[list[socket.socket] | None] | None = None
+) -> None:
+    """Run uvicorn servers together (``sockets``: each one's pre-bound sockets, or None to
+    bind its own); when one stops (a signal reaches only the last one's handler), all stop."""
 
     async def watch() -> None:
         # should_exit is a plain attribute set by uvicorn's signal handler: polled.
@@ -28,7 +31,8 @@ async def serve_all(servers: list[Any]) -> None:
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.gather(*(s.serve() for s in servers))
+        bound = sockets or [None] * len(servers)
+        await asyncio.gather(*(s.serve(sockets=b) for s, b in zip(servers, bound, strict=True)))
     finally:
         watcher.cancel()
 
@@ -37,20 +41,27 @@ async def serve_all(servers: list[Any]) -> None:
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on."),
+    reuse_port: bool = typer.Option(
+        False,
+        "--reuse-port",
+        help="Bind with SO_REUSEPORT, so several `reauth serve` processes can share the port "
+        "(the kernel spreads connections between them); REAUTH_METRICS_PORT is per process: "
+        "leave it unset or give each process its own.",
+    ),
     workers: int = typer.Option(
         1,
         "--workers",
         min=1,
         max=64,
         help="Server processes sharing the port, each with its own runtime (database pool, MX "
-        "client); one per core. /metrics (REAUTH_METRICS_PORT) sums them.",
+        "client) under one supervisor; one per core. /metrics (REAUTH_METRICS_PORT) sums them.",
     ),
 ) -> None:
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
     import uvicorn
 
     from worker.runtime import Runtime
-    from worker.serving import uvicorn_config
+    from worker.serving import reuse_port_socket, uvicorn_config
     from worker.web.app import PING_IDLE_AFTER_S, create_app
     from worker.web.ops import create_ops_app
 
@@ -64,7 +75,7 @@ def serve(
     if settings.ops_enabled and settings.ops_port == port:
         raise ConfigError(f"REAUTH_OPS_PORT ({port}) must differ from the public --port")
     if workers > 1:
-        serve_processes(settings, host, port, workers)
+        serve_processes(settings, host, port, workers, reuse_port=reuse_port)
         return
     if settings.metrics_port:
         from worker import metrics
@@ -75,15 +86,20 @@ def serve(
     try:
         # No access log: request paths carry reconnect tokens.
         public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
+        # With --reuse-port every process binds its listeners with SO_REUSEPORT.
+        public_sockets = [reuse_port_socket(host, port)] if reuse_port else None
         if not settings.ops_enabled:
-            public.run()
+            public.run(sockets=public_sockets)
             return
         assert settings.ops_port is not None
         ops = uvicorn.Server(
             uvicorn_config(create_ops_app(rt), settings.ops_host, settings.ops_port,
                            lifespan="off")
         )  # fmt: skip
-        asyncio.run(serve_all([public, ops]))
+        ops_sockets = (
+            [reuse_port_socket(settings.ops_host, settings.ops_port)] if reuse_port else None
+        )
+        asyncio.run(serve_all([public, ops], sockets=[public_sockets, ops_sockets]))
     finally:
         rt.close()
 
@@ -102,16 +118,19 @@ def process_app() -> Any:
     return create_app(Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S), close_runtime=True)
 
 
-def serve_processes(settings: Any, host: str, port: int, workers: int) -> None:
+def serve_processes(
+    settings: Any, host: str, port: int, workers: int, *, reuse_port: bool = False
+) -> None:
     """``workers`` uvicorn processes accepting on one listening socket (bound here, inherited),
     under uvicorn's supervisor, which restarts a process that dies and stops them all on
     SIGINT/SIGTERM. This process serves /metrics (summed over the processes) and the ops
     listener, if configured; it handles no public request. Each process counts in
-    PROMETHEUS_MULTIPROC_DIR (a temporary directory unless set)."""
+    PROMETHEUS_MULTIPROC_DIR (a temporary directory unless set). With ``reuse_port`` the socket
+    is bound with SO_REUSEPORT, so other `reauth serve --reuse-port` instances may share it."""
     from uvicorn.supervisors import Multiprocess
 
     from worker.runtime import Runtime
-    from worker.serving import serve_in_thread, uvicorn_config
+    from worker.serving import reuse_port_socket, serve_in_thread, uvicorn_config
     from worker.web.ops import create_ops_app
 
     if settings.metrics_port:
@@ -125,7 +144,7 @@ def serve_processes(settings: Any, host: str, port: int, workers: int) -> None:
     config = uvicorn_config(PROCESS_APP, host, port)
     config.factory = True
     config.workers = workers
-    sock = config.bind_socket()
+    sock = reuse_port_socket(host, port) if reuse_port else config.bind_socket()
     try:
         if not settings.ops_enabled:
             Multiprocess(config, sockets=[sock]).run()

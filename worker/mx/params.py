@@ -19,6 +19,7 @@ a one-line change in this module:
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import quote
 
@@ -66,7 +67,14 @@ def nexus_member_path(member_guid: str) -> str:
 def seg(value: str) -> str:
     """One URL path segment."""
     # Ids come from our database and MX; quoting keeps a stray "/" or "?" from changing the URL.
+    # GUIDs are unreserved characters only, which quote() returns unchanged: skip its work.
+    if _UNRESERVED.fullmatch(value):
+        return value
     return quote(value, safe="")
+
+
+#: Characters quote() never changes (RFC 3986 unreserved); at least one.
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 NEXUS_SESSIONS_PATH: Final = "/sessions"

@@ -77,13 +77,18 @@ def host_matches(host: str, domains: Iterable[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
+#: Printable ASCII (``!`` to ``~``) without the backslash: one C-level match instead of a
+#: Python loop over every character (this runs once per generated URI).
+_PRINTABLE = re.compile(r"[!-\[\]-~]*")
+
+
 def check_uri(uri: str, rules: UriRules) -> UriCheck:
     """Check an ``oauth_window_uri`` against ``rules``. Never raises."""
     if len(uri) > MAX_URI_LENGTH:
         return UriCheck(Refusal.TOO_LONG)
     # Printable ASCII only: no space, tab, CR/LF, NUL, DEL or anything non-ASCII; and no
     # backslash, which browsers and urlsplit read differently.
-    if not all("!" <= ch <= "~" for ch in uri) or "\\" in uri:
+    if _PRINTABLE.fullmatch(uri) is None:
         return UriCheck(Refusal.CHARACTERS)
     try:
         parts = urlsplit(uri)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -51,8 +52,6 @@ KNOWN_TYPES = frozenset({CONNECTION_STATUS, MEMBER, AGGREGATION})
 MAX_BODY_BYTES = 64 * 1024
 #: An event whose member MX could not be read is retried this many times, then ``failed``.
 MAX_ATTEMPTS = 12
-#: Reads of MX in flight at once per batch (the client's global rate limit applies as well).
-READ_CONCURRENCY = 8
 #: Stand-in for an institution MX did not name (CONNECTION_STATUS carries none); a later MEMBER
 #: event or import fills it.
 UNKNOWN_INSTITUTION = "unknown"
@@ -118,19 +117,31 @@ def parse(body: bytes, path_type: str | None) -> Parsed:
 
 def intake(rt: Runtime, body: bytes, path_type: str | None, now: datetime) -> inbox.Stored:
     """Store one authenticated POST (committed when this returns)."""
-    parsed = parse(body, path_type)
+    return intake_many(rt, [(body, path_type)], now)[0]
+
+
+def intake_many(
+    rt: Runtime, posts: list[tuple[bytes, str | None]], now: datetime
+) -> list[inbox.Stored]:
+    """Store authenticated POSTs (``(body, type from the path)``) in one transaction: the
+    intake's group commit. Committed when this returns; results in the same order."""
+    parsed = [parse(body, path_type) for body, path_type in posts]
+    events = [
+        inbox.NewEvent(p.event_type, body, p.status, p.note, p.action, p.member_guid, p.user_guid)
+        for p, (body, _) in zip(parsed, posts, strict=True)
+    ]
     with session_scope(rt.sessions) as s:
-        stored = inbox.add(
-            s, event_type=parsed.event_type, body=body, now=now,
-            window=rt.settings.mx_webhook_dedupe_window, status=parsed.status, note=parsed.note,
-            action=parsed.action, member_guid=parsed.member_guid, user_guid=parsed.user_guid,
+        stored = inbox.add_many(s, events, now=now, window=rt.settings.mx_webhook_dedupe_window)
+    outcomes: Counter[str] = Counter()
+    for p, st in zip(parsed, stored, strict=True):
+        outcome = "duplicate" if st.duplicate else p.status
+        outcomes[outcome] += 1
+        metrics.WEBHOOKS_RECEIVED.labels(type=_metric_type(p.event_type), outcome=outcome).inc()
+        log.debug(
+            "webhook.received", event_id=st.id, type=p.event_type, outcome=outcome,
+            member_guid=p.member_guid, note=p.note,
         )  # fmt: skip
-    outcome = "duplicate" if stored.duplicate else parsed.status
-    metrics.WEBHOOKS_RECEIVED.labels(type=_metric_type(parsed.event_type), outcome=outcome).inc()
-    log.info(
-        "webhook.received", event_id=stored.id, type=parsed.event_type, outcome=outcome,
-        member_guid=parsed.member_guid, note=parsed.note,
-    )  # fmt: skip
+    log.info("webhook.stored", events=len(posts), **outcomes)
     return stored
 
 
@@ -211,7 +222,9 @@ def _group(events: list[WebhookEvent], known: Mapping[str, Member]) -> dict[str,
 
 
 async def _read_all(rt: Runtime, groups: list[_Group]) -> None:
-    gate = asyncio.Semaphore(READ_CONCURRENCY)
+    # As many reads in flight as the MX client allows (REAUTH_MX_MAX_CONCURRENCY); its rate
+    # limit (REAUTH_MX_RATE_LIMIT_PER_SECOND) paces them against MX's budget.
+    gate = asyncio.Semaphore(rt.settings.mx_max_concurrency)
 
     async def one(g: _Group) -> None:
         async with gate:
@@ -256,9 +269,8 @@ class _Outcome:
     ended: int = 0
 
 
-def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
-    """Apply one member's events inside the write transaction."""
-    m = members.by_guids(s, [g.member_guid], for_update=True).get(g.member_guid)
+def _apply_group(s: Any, rt: Runtime, g: _Group, m: Member | None, now: datetime) -> _Outcome:
+    """Apply one member's events inside the write transaction (``m``: the member, locked)."""
     if g.deleted:
         if m is None:
             return _Outcome(inbox.IGNORED, "deleted: unknown member")
@@ -304,8 +316,8 @@ def _apply_group(s: Any, rt: Runtime, g: _Group, now: datetime) -> _Outcome:
         ended = decisions.apply(s, [change], now=now, how=How.WEBHOOK)
         funnel.aggregated(s, {m.id: m.successfully_aggregated_at})
         return _Outcome(inbox.APPLIED, f"{note}; {decision.note}", ended=ended)
+    # No flush here: the batch's member updates go out together at the commit.
     members.make_due(m, now)
-    s.flush()
     return _Outcome(inbox.APPLIED, f"{note}; due now ({decision.reason})", due=m.id)
 
 
@@ -325,8 +337,11 @@ def _write(
     """The write transaction of a batch, for the events still ours; returns the members that
     became due."""
     due: list[int] = []
+    finished: dict[tuple[str, str], list[int]] = {}
     with session_scope(rt.sessions) as s:
         mine = inbox.held(s, [e.id for e in events], owner)
+        # The batch's members, locked in one statement (not one per member).
+        locked = members.by_guids(s, sorted(groups), for_update=True)
         for g in groups.values():
             ids = [e.id for e in g.events if e.id in mine]
             if not ids:
@@ -341,8 +356,9 @@ def _write(
                     inbox.retry_later(s, ids, owner, until=now + _retry_delay(tries), note=note)
                     result.retried += len(ids)
                 continue
-            out = _apply_group(s, rt, g, now)
-            inbox.finish(s, ids, owner, status=out.status, note=out.note, now=now)
+            out = _apply_group(s, rt, g, locked.get(g.member_guid), now)
+            # Finished together below: most members of a batch share their outcome's note.
+            finished.setdefault((out.status, out.note), []).extend(ids)
             result.episodes_ended += out.ended
             if out.status == inbox.APPLIED:
                 result.applied += len(ids)
@@ -352,12 +368,22 @@ def _write(
                 due.append(out.due)
             log.info("webhook.applied", member_guid=g.member_guid, events=len(ids),
                      status=out.status, note=out.note)  # fmt: skip
+        for (status, note), ids in finished.items():
+            inbox.finish(s, ids, owner, status=status, note=note, now=now)
     return due
 
 
-def apply_batch(rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], None]) -> ApplyResult:
+def apply_batch(
+    rt: Runtime,
+    *,
+    clock: Clock,
+    hand_on: Callable[[list[int]], None],
+    more: Callable[[], None] | None = None,
+) -> ApplyResult:
     """Claim one batch of pending events and apply it; ``hand_on`` gets the members that became
-    due (after the commit)."""
+    due (after the commit). ``more`` is called when the batch came out full (more events are
+    probably waiting), before the MX reads: another worker process can claim the next batch
+    while this one reads and writes."""
     result = ApplyResult()
     owner = leases.new_owner()
     with session_scope(rt.sessions) as s:
@@ -371,6 +397,8 @@ def apply_batch(rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], Non
     result.events = len(events)
     if not events:
         return result
+    if more is not None and len(events) >= rt.settings.batch_size:
+        more()
     to_read = [g for g in groups.values() if g.read and not g.deleted]
     if to_read:
         rt.run(_read_all(rt, to_read))
@@ -386,13 +414,18 @@ def apply_batch(rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], Non
 
 
 def apply_pending(
-    rt: Runtime, *, clock: Clock, hand_on: Callable[[list[int]], None], max_batches: int = 50
+    rt: Runtime,
+    *,
+    clock: Clock,
+    hand_on: Callable[[list[int]], None],
+    max_batches: int = 50,
+    more: Callable[[], None] | None = None,
 ) -> ApplyResult:
     """Apply pending events batch by batch until none is left (or ``max_batches``: the sweeper
-    goes on where this stopped)."""
+    goes on where this stopped). ``more``: see :func:`apply_batch`."""
     total = ApplyResult()
     for _ in range(max_batches):
-        batch = apply_batch(rt, clock=clock, hand_on=hand_on)
+        batch = apply_batch(rt, clock=clock, hand_on=hand_on, more=more)
         for name, value in batch.as_dict().items():
             setattr(total, name, getattr(total, name) + value)
         if batch.events < rt.settings.batch_size:

@@ -39,21 +39,23 @@ def record(session: Session, events: Iterable[Event]) -> int:
     events = list(events)
     if not events:
         return 0
+    # A list of parameter sets (executemany, sent as multi-row INSERTs by insertmanyvalues), not
+    # .values([...]): that form is a new statement per call, compiled bind by bind (it was
+    # half of a regenerate batch's CPU; bench/RESULTS.md, "Speed round two").
     session.execute(
-        insert(FunnelEvent).values(
-            [
-                {
-                    "member_id": e.member_id,
-                    "episode": e.episode,
-                    "stage": e.stage.value,
-                    "at": e.at,
-                    "reminder": e.reminder,
-                    "detail": e.detail,
-                    "how": e.how,
-                }
-                for e in events
-            ]
-        )
+        insert(FunnelEvent),
+        [
+            {
+                "member_id": e.member_id,
+                "episode": e.episode,
+                "stage": e.stage.value,
+                "at": e.at,
+                "reminder": e.reminder,
+                "detail": e.detail,
+                "how": e.how,
+            }
+            for e in events
+        ],
     )
     keys = {(e.member_id, e.episode) for e in events}
     ids = sorted({k[0] for k in keys})
@@ -110,7 +112,7 @@ def record(session: Session, events: Iterable[Event]) -> int:
         if rid is not None and s != before[key]
     ]
     if new:
-        session.execute(insert(Episode).values(new))
+        session.execute(insert(Episode), new)  # executemany, as above
     if changed:
         session.execute(update(Episode), changed)
     session.info.setdefault(_PENDING, []).extend(recorded)

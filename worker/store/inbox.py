@@ -3,19 +3,22 @@
 Never commits. Duplicates: MX sends no event id, so an event is the same as another when the
 SHA-256 of its type and raw body is; one received within the dedupe window is not stored again,
 only counted on the first row. On PostgreSQL the check and the insert hold a transaction-level
-advisory lock on the digest, so two identical POSTs racing each other store one row; SQLite's
-``BEGIN IMMEDIATE`` already makes every unit of work the one writer.
+advisory lock on each digest, so two identical POSTs racing each other (in two batches, or two
+`reauth serve` processes) store one row; SQLite's ``BEGIN IMMEDIATE`` already makes every unit
+of work the one writer. :func:`add_many` stores a whole group-committed batch in three
+statements.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, text, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from models import WebhookEvent
@@ -44,11 +47,29 @@ class Stored:
     duplicate: bool
 
 
-def _lock_digest(session: Session, key: str) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        # A signed 64-bit key from the digest; held until the transaction ends.
-        lock = int(key[:16], 16) - (1 << 63)
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+def _lock_digests(session: Session, keys: Sequence[str]) -> None:
+    """PostgreSQL: a transaction-level advisory lock per digest, taken in one order (no
+    deadlock between two batches), held until the transaction ends."""
+    if session.get_bind().dialect.name == "postgresql" and keys:
+        # A signed 64-bit key from each digest.
+        locks = sorted({int(k[:16], 16) - (1 << 63) for k in keys})
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) AS k"),
+            {"ks": locks},
+        )
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One received body to store (see :func:`add_many`)."""
+
+    event_type: str
+    body: bytes
+    status: str = PENDING
+    note: str | None = None
+    action: str | None = None
+    member_guid: str | None = None
+    user_guid: str | None = None
 
 
 def add(
@@ -66,38 +87,67 @@ def add(
 ) -> Stored:
     """Store one received event, or count it on the row it duplicates (same digest within
     ``window``)."""
-    key = digest(event_type, body)
-    _lock_digest(session, key)
-    first = session.scalar(
-        select(WebhookEvent.id)
-        .where(WebhookEvent.digest == key, WebhookEvent.received_at > now - window)
-        .order_by(WebhookEvent.received_at)
-        .limit(1)
-    )
-    if first is not None:
+    event = NewEvent(event_type, body, status, note, action, member_guid, user_guid)
+    return add_many(session, [event], now=now, window=window)[0]
+
+
+def add_many(
+    session: Session, events: Sequence[NewEvent], *, now: datetime, window: timedelta
+) -> list[Stored]:
+    """Store received events in one go (the intake's group commit), in order; each one that
+    duplicates a stored row (same digest within ``window``) or an earlier one of the same call
+    is counted on that row instead. Three statements whatever the count: the digests' first
+    rows, one multi-row INSERT, one UPDATE per distinct duplicate count."""
+    keys = [digest(e.event_type, e.body) for e in events]
+    _lock_digests(session, keys)
+    first: dict[str, int] = {}
+    for row_id, key in session.execute(
+        select(WebhookEvent.id, WebhookEvent.digest)
+        .where(WebhookEvent.digest.in_(set(keys)), WebhookEvent.received_at > now - window)
+        .order_by(WebhookEvent.received_at.desc(), WebhookEvent.id.desc())
+    ):
+        first[key] = row_id  # the oldest row in the window wins (read last)
+    fresh: dict[str, int] = {}  # digest -> index of the event that is stored
+    rows: list[dict[str, Any]] = []
+    for i, (e, key) in enumerate(zip(events, keys, strict=True)):
+        if key in first or key in fresh:
+            continue
+        fresh[key] = i
+        rows.append(
+            {
+                "event_type": e.event_type[:32],
+                "action": e.action[:32] if e.action else None,
+                "member_guid": e.member_guid[:64] if e.member_guid else None,
+                "user_guid": e.user_guid[:64] if e.user_guid else None,
+                "digest": key,
+                "body": e.body,
+                "status": e.status,
+                "note": e.note[:NOTE_MAX] if e.note else None,
+                "duplicates": 0,
+                "attempts": 0,
+                "received_at": now,
+            }
+        )
+    if rows:
+        inserted = session.execute(
+            insert(WebhookEvent).returning(
+                WebhookEvent.id, WebhookEvent.digest, sort_by_parameter_order=True
+            ),
+            rows,
+        ).all()
+        first.update({key: row_id for row_id, key in inserted})
+    counts: Counter[str] = Counter(key for i, key in enumerate(keys) if fresh.get(key) != i)
+    by_count: dict[int, list[int]] = {}
+    for key, n in counts.items():
+        by_count.setdefault(n, []).append(first[key])
+    for n, ids in by_count.items():
         session.execute(
             update(WebhookEvent)
-            .where(WebhookEvent.id == first)
-            .values(duplicates=WebhookEvent.duplicates + 1)
+            .where(WebhookEvent.id.in_(ids))
+            .values(duplicates=WebhookEvent.duplicates + n)
             .execution_options(synchronize_session=False)
         )
-        return Stored(first, True)
-    row = WebhookEvent(
-        event_type=event_type[:32],
-        action=action[:32] if action else None,
-        member_guid=member_guid[:64] if member_guid else None,
-        user_guid=user_guid[:64] if user_guid else None,
-        digest=key,
-        body=body,
-        status=status,
-        note=note[:NOTE_MAX] if note else None,
-        duplicates=0,
-        attempts=0,
-        received_at=now,
-    )
-    session.add(row)
-    session.flush()
-    return Stored(row.id, False)
+    return [Stored(first[key], fresh.get(key) != i) for i, key in enumerate(keys)]
 
 
 # --- the apply job --------------------------------------------------------------------------------

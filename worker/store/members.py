@@ -191,12 +191,19 @@ def load_claimed(
     ``renew_until`` extends their lease: a batch that waited in the queue starts its work with a
     full lease rather than whatever the scan's claim had left.
     """
-    stmt = select(Member).where(Member.id.in_(ids), Member.claim_owner == owner)
-    members = list(session.scalars(stmt.with_for_update()))
-    if renew_until is not None:
-        for m in members:
-            m.claim_expires_at = renew_until
-    return members
+    mine = (Member.id.in_(ids), Member.claim_owner == owner)
+    if renew_until is None:
+        return list(session.scalars(select(Member).where(*mine).with_for_update()))
+    # One statement: the UPDATE locks the rows as FOR UPDATE would and RETURNING loads them,
+    # instead of a locking select plus a flush of one changed attribute per member.
+    stmt = (
+        update(Member)
+        .where(*mine)
+        .values(claim_expires_at=renew_until)
+        .returning(Member)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(stmt))
 
 
 def still_claimed(session: Session, ids: Sequence[int], owner: str) -> set[int]:
@@ -226,10 +233,11 @@ def update_members(session: Session, rows: list[dict[str, Any]]) -> None:
 def by_guids(
     session: Session, guids: Sequence[str], *, for_update: bool = False
 ) -> dict[str, Member]:
-    """Members by guid; ``for_update`` locks them (PostgreSQL) against a concurrent batch write."""
+    """Members by guid; ``for_update`` locks them (PostgreSQL) against a concurrent batch write,
+    in id order (two writers locking several members take them in the same order)."""
     stmt = select(Member).where(Member.member_guid.in_(guids))
     if for_update:
-        stmt = stmt.with_for_update()
+        stmt = stmt.order_by(Member.id).with_for_update()
     return {m.member_guid: m for m in session.scalars(stmt)}
 
 

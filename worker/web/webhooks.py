@@ -4,13 +4,16 @@ MX posts JSON over HTTPS with no signature, no event id and no timestamp, and re
 a day. So the handler checks HTTP Basic credentials (constant-time) and, when configured, the
 source address; reads at most 64 KiB; stores the raw body in the inbox (duplicates within the
 window once, unusable bodies as ``rejected``); and answers **204** only after the row is
-committed: once MX got its 204 the event is in the database. Applying it is the apply job's
-work (``reauth.apply_webhooks``, queued here, coalesced, and swept on beat), never done in the
-request. Wrong credentials: 401, nothing stored. No body or payload is logged.
+committed: once MX got its 204 the event is in the database. Concurrent POSTs share a
+transaction (:class:`GroupCommit`), so under load the intake costs one commit per batch.
+Applying is the apply job's work (``reauth.apply_webhooks``, queued here, coalesced, and swept
+on beat), never done in the request. Wrong credentials: 401, nothing stored. No body or
+payload is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -26,6 +29,7 @@ from worker import metrics, tracing
 from worker.clock import utc_now
 from worker.runtime import Runtime
 from worker.service import webhooks
+from worker.store.inbox import Stored
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +56,7 @@ class WebhookIntake:
         self.proxies: list[IpNetwork] = [
             ipaddress.ip_network(n) for n in settings.mx_webhook_trusted_proxies
         ]
+        self.commits = GroupCommit(rt)
 
     # --- checks -------------------------------------------------------------------------------
 
@@ -132,16 +137,73 @@ class WebhookIntake:
             metrics.WEBHOOKS_RECEIVED.labels(type=metric_type, outcome="too_large").inc()
             log.warning("webhook.too_large")
             return PlainTextResponse("payload too large", status_code=413)
-        # The apply task is queued inside this span, so its trace goes on from here (Celery).
+        # The request's span covers waiting for its group commit. The apply task is queued by
+        # the flusher, which runs in the context of the request that started it: under load
+        # the apply's trace goes on from that request's intake span (Celery).
         with tracing.span("reauth.webhook.intake", {"reauth.webhook_type": metric_type}):
-            stored = await run_in_threadpool(webhooks.intake, self.rt, body, path_type, utc_now())
-            if not stored.duplicate:
-                await run_in_threadpool(self._hand_on)
+            await self.commits.store(body, path_type)
         return Response(status_code=204)
 
+
+class GroupCommit:
+    """Store POSTs in shared transactions, answering each only after its own is committed.
+
+    A request hands its body over and waits. A flusher takes every body waiting (up to
+    :data:`MAX_BATCH`), stores them in one transaction on a worker thread
+    (:func:`~worker.service.webhooks.intake_many`), queues the apply job once for the batch,
+    and then wakes each request. Up to :data:`FLUSHERS` batches commit at once: bodies that
+    arrive while they commit form the next one, so under load many requests share one commit
+    (and one thread hop, one queueing of the apply job), and a request that finds a flusher
+    free is its own batch, with no added wait. A failed commit fails every request of its batch
+    (5xx: MX retries); nothing is answered 204 before the commit that holds its row.
+    """
+
+    #: Bodies per transaction at most (64 KiB each at worst: a bounded transaction).
+    MAX_BATCH = 200
+    #: Transactions in flight at once: while one waits for its commit, the next one fills.
+    FLUSHERS = 2
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._waiting: list[tuple[bytes, str | None, asyncio.Future[Stored]]] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+
+    async def store(self, body: bytes, path_type: str | None) -> Stored:
+        """Committed when this returns."""
+        done: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._waiting.append((body, path_type, done))
+        if len(self._flushers) < self.FLUSHERS:
+            # A task of its own: a request that goes away cannot stop its batch's commit.
+            task = asyncio.create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        return await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self.MAX_BATCH]
+            del self._waiting[: self.MAX_BATCH]
+            posts = [(body, path_type) for body, path_type, _ in batch]
+            try:
+                stored = await run_in_threadpool(self._commit, posts)
+            except Exception as exc:  # the database: every request of the batch fails
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (*_, done), result in zip(batch, stored, strict=True):
+                if not done.done():
+                    done.set_result(result)
+
+    def _commit(self, posts: list[tuple[bytes, str | None]]) -> list[Stored]:
+        stored = webhooks.intake_many(self.rt, posts, utc_now())
+        if any(not s.duplicate for s in stored):
+            self._hand_on()
+        return stored
+
     def _hand_on(self) -> None:
-        """Queue the apply job. The event is committed already: if queueing fails, the sweeper
-        on beat applies it, so the answer stays 204."""
+        """Queue the apply job. The events are committed already: if queueing fails, the
+        sweeper on beat applies them, so the answers stay 204."""
         try:
             self.rt.followups.apply_webhooks()
         except Exception as exc:  # broker down: the beat sweeper catches up
