@@ -480,6 +480,11 @@ def _loadavg(v: list[float] | None) -> str:
     return " / ".join(f"{x:.2f}" for x in v) if v else "-"
 
 
+#: Hand-written findings of the serve work (what was tried, before/after figures), kept with the
+#: generated section so a rerun does not drop them.
+SERVE_FINDINGS = Path(__file__).resolve().parent / "serve_findings.md"
+
+
 def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
     """The serve run's section of RESULTS.md (nothing when there is no serve run)."""
     if not serve:
@@ -496,6 +501,7 @@ def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
         f"({env['cpus']} CPUs shared by everything below, Python {env['python']}, "
         f"PostgreSQL {env['postgres']}, Redis {env['redis']}, uvicorn {env.get('uvicorn')} "
         f"with uvloop {env.get('uvloop')} and httptools {env.get('httptools')}). "
+        f"`reauth serve --workers {cfg.get('workers', 1)}`. "
         f"Whole run: {serve['duration_s']:.0f} s. Servers, the MX sandbox and the load "
         "generator (aiohttp on uvloop) are separate processes on the same two cores, with "
         "PostgreSQL and Redis. `other` in the CPU columns is what processes outside the "
@@ -617,6 +623,8 @@ def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
             ),
             "",
         ]
+    if SERVE_FINDINGS.exists():
+        parts += [SERVE_FINDINGS.read_text().rstrip(), ""]
     return parts
 
 

@@ -62,6 +62,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, help="length of each measured run (10; quick 3)")
     p.add_argument("--concurrency", type=int, default=32, help="GET connections (32)")
     p.add_argument(
+        "--workers", type=int, default=1, help="`reauth serve --workers N` processes (1)"
+    )
+    p.add_argument(
         "--rates",
         type=float,
         nargs="+",
@@ -164,6 +167,13 @@ def _cpu(p: psutil.Process) -> float:
     return 0.0
 
 
+def _tree_cpu(p: psutil.Process) -> float:
+    """CPU seconds of a process and its live children (``reauth serve --workers N``)."""
+    with contextlib.suppress(psutil.Error):
+        return _cpu(p) + sum(_cpu(c) for c in p.children(recursive=True))
+    return 0.0
+
+
 def _busy() -> float:
     """CPU seconds every process on the machine has spent (user, nice and system time; interrupt
     time is left out, as it is not charged to any process)."""
@@ -186,7 +196,7 @@ def cpu_snapshot(server: subprocess.Popen[bytes], sandbox: infra.Sandbox) -> dic
         elif name.startswith("redis-server") and f":{redis_port}" in cmd:
             redis += _cpu(p)
     return {
-        "server": _cpu(psutil.Process(server.pid)),
+        "server": _tree_cpu(psutil.Process(server.pid)),
         "sandbox": _cpu(psutil.Process(sandbox.proc.pid)),
         "postgres": pg,
         "redis": redis,
@@ -432,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             ) as hello:
                 rows.append(get_run("baseline", [hello_url], hello, sb, args))
             serve_args = ["-m", "worker", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            serve_args += ["--workers", str(args.workers)]
             with server(serve_args, env, f"{public}/healthz", logs / "serve.log") as srv:
                 rows.append(get_run("healthz", [f"{public}/healthz"], srv, sb, args))
                 rows.append(get_run("page", [f["url"] for f in found], srv, sb, args))
@@ -450,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": {
             "seconds": args.seconds,
             "concurrency": args.concurrency,
+            "workers": args.workers,
             "rates": sorted(args.rates),
             "latency_s": args.latency,
             "users": args.users,

@@ -5,7 +5,8 @@ prometheus-client's multiprocess mode aggregates them and the parent serves the 
 each process serves only its own figures. Gauges that describe the fleet (backlog, dead, gave
 up, MX pause) are set by whichever process read them last, so they aggregate as
 ``mostrecent``: a child that set a high value and then died must not hold the figure up (which
-``max`` would). ``reauth serve`` is one process and serves its own registry.
+``max`` would). ``reauth serve`` serves its own registry, or with ``--workers N`` its
+processes' sum the same way.
 
 No metric has a per-member or per-institution label (cardinality): the worst institutions come
 from SQL (``reauth report``), not from Prometheus. docs/OBSERVABILITY.md lists every metric.

@@ -72,6 +72,9 @@ class Runtime:
     settings: Settings
     mx_transport: httpx.AsyncBaseTransport | None = None
     inline: bool = False
+    #: Ping pooled PostgreSQL connections only after this many idle seconds, not on every
+    #: checkout (``reauth serve``: see store.db.make_engine). None: ping every checkout.
+    ping_idle_after: float | None = None
     _engine: Engine | None = field(default=None, init=False, repr=False)
     _sessions: sessionmaker[Session] | None = field(default=None, init=False, repr=False)
     _runner: asyncio.Runner | None = field(default=None, init=False, repr=False)
@@ -87,7 +90,9 @@ class Runtime:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url)
+            self._engine = make_engine(
+                self.settings.database_url, ping_idle_after=self.ping_idle_after
+            )
             tracing.instrument_engine(self._engine)  # no-op unless tracing is on
         return self._engine
 

@@ -6,22 +6,32 @@ rolls back on error. SQLAlchemy connection errors are translated into :class:`St
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    NoSuchModuleError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.errors import ConfigError, StorageError
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, ping_idle_after: float | None = None, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the settings this service relies on.
 
     SQLite gets a busy timeout and WAL so the embedded default tolerates a CLI next to a worker;
     PostgreSQL gets ``pool_pre_ping`` so a connection killed under us is replaced, not reused.
+    With ``ping_idle_after`` (seconds), only a connection that sat idle in the pool longer than
+    that is pinged (see :func:`_ping_when_idle`): for ``reauth serve``, whose requests are one
+    short statement or transaction each, where a ping per checkout is a round trip per request.
     """
     try:
         if url.startswith("sqlite"):
@@ -47,9 +57,38 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
                 conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
             return engine
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        if ping_idle_after is None:
+            return create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_engine(url, **kwargs)
+        _ping_when_idle(engine, ping_idle_after)
+        return engine
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigError(f"REAUTH_DATABASE_URL: cannot use this URL: {exc}") from None
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Pessimistic disconnect handling for connections that sat idle (SQLAlchemy's documented
+    checkout-event recipe): a connection back from the pool after more than ``idle_s`` is
+    pinged, and a dead one is replaced before use. A connection in steady use is not pinged; if
+    the server drops it between two uses, that one statement fails, SQLAlchemy invalidates the
+    pool's connections at once (so the next checkouts connect afresh) and the caller gets a
+    StorageError (the reconnect page's read retries once, see store.clicks.link_facts)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= idle_s:
+            return  # new, or used a moment ago
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            dbapi_conn.rollback()
+        except Exception as exc:  # the driver's own errors: the connection is gone
+            raise DisconnectionError(f"pooled connection dead: {type(exc).__name__}") from exc
 
 
 #: What PostgreSQL and SQLite say when a table is missing: the schema is not migrated.

@@ -37,6 +37,10 @@ from worker.web import pages, webhooks
 
 log = structlog.get_logger(__name__)
 
+#: ``reauth serve`` pings a pooled database connection only after it sat idle this long, not on
+#: every checkout (a round trip per request otherwise; see store.db.make_engine).
+PING_IDLE_AFTER_S = 10.0
+
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
@@ -288,8 +292,10 @@ def _ping(rt: Runtime) -> None:
             client.close()
 
 
-def create_app(rt: Runtime) -> Starlette:
-    """The ASGI app over ``rt`` (the caller closes the runtime when the server stops)."""
+def create_app(rt: Runtime, *, close_runtime: bool = False) -> Starlette:
+    """The ASGI app over ``rt``. The caller closes the runtime when the server stops, unless
+    ``close_runtime`` (one process of ``reauth serve --workers N``: its server's shutdown is the
+    last thing that process runs)."""
     routes = ReconnectApp(rt)
     handlers: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = [
         ("/r/{token}", routes.show, ["GET"]),
@@ -306,6 +312,8 @@ def create_app(rt: Runtime) -> Starlette:
         yield
         # The MX client's connections live on this server's loop: close them here.
         await rt.aclose_mx()
+        if close_runtime:
+            await run_in_threadpool(rt.close)  # the database pool, the sink
 
     return Starlette(
         routes=[Route(path, fn, methods=m) for path, fn, m in handlers], lifespan=lifespan
