@@ -94,6 +94,21 @@ def test_outbox_backlog_by_size_or_by_age() -> None:
     assert _keys(big) == ["outbox_backlog"]
 
 
+def test_user_grouping_window_is_not_a_backlog() -> None:
+    """With ``user`` grouping a row waits up to the window on purpose: the age rule counts
+    from the end of the window (a 1 h window held for 80 min is fine; for 91 min it is late)."""
+    grouped = {"mode": "user", "window_s": 3600}
+    held = (NOW - timedelta(minutes=80)).isoformat()
+    late = (NOW - timedelta(minutes=91)).isoformat()
+    assert _keys(_status(outbox={"pending": 5}, outbox_oldest_pending_at=held,
+                         notify_grouping=grouped)) == []  # fmt: skip
+    assert _keys(_status(outbox={"pending": 5}, outbox_oldest_pending_at=held)) == [
+        "outbox_backlog"
+    ]
+    assert _keys(_status(outbox={"pending": 5}, outbox_oldest_pending_at=late,
+                         notify_grouping=grouped)) == ["outbox_backlog"]  # fmt: skip
+
+
 def test_gave_up_spike_needs_both_a_count_and_a_share() -> None:
     n = GAVE_UP_MIN
     few = {"pending/expired": 100, f"gave_up/{'expired'}": n}  # 9 % of open episodes
