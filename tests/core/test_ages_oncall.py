@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker.core.ages import iso, relative, when
+from worker.core.ages import iso, parse_window, relative, when
 from worker.core.oncall import GAVE_UP_MIN, OUTBOX_BACKLOG_MIN, hints
 
 NOW = datetime(2026, 11, 30, 8, 0, 0, tzinfo=UTC)
@@ -130,3 +130,25 @@ def test_scan_never_ran_interrupted_or_stale() -> None:
     fresh = (NOW - 3 * INTERVAL).isoformat()
     assert _keys(_status(last_scan={**last, "started_at": stale})) == ["scan_stale"]
     assert _keys(_status(last_scan={**last, "started_at": fresh})) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("24h", 86400), (" 7D ", 7 * 86400), ("2w", 14 * 86400),
+     ("3650d", 3650 * 86400)],
+)  # fmt: skip
+def test_parse_window(text: str, seconds: int) -> None:
+    """The one ``--since`` parser (reauth report, reauth webhooks list/stats)."""
+    assert parse_window(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("", "whole number and a unit"), ("30", "whole number"), ("1.5d", "whole number"),
+     ("-3d", "whole number"), ("3y", "unit"), ("forever", "unit"), ("0h", "more than 0"),
+     ("3651d", "at most 10 years")],
+)  # fmt: skip
+def test_parse_window_names_the_option_and_what_is_wrong(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match="--window") as caught:
+        parse_window(text, "--window")
+    assert why in str(caught.value)
