@@ -12,7 +12,6 @@ under ``funnel`` in bench/results.json and into bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from datetime import UTC, datetime
@@ -231,12 +230,7 @@ def _loadavg() -> list[float]:
 
 def write(result: dict[str, Any], out: Path) -> None:
     """Put the run under ``funnel`` in results.json (other runs kept) and rewrite RESULTS.md."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    results["funnel"] = result
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    (out / "RESULTS.md").write_text(report.markdown(results))
+    path = report.store_run(out, "funnel", result)
     t = result["target"]
     print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
     print(f"wrote {path}, {out / 'RESULTS.md'}")

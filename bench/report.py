@@ -146,6 +146,20 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def store_run(out: Path, key: str, run: dict[str, Any]) -> Path:
+    """Put one side run (``serve``, ``funnel``) under ``key`` in ``out``/results.json, keeping
+    the other runs, and rewrite RESULTS.md from the whole; returns the results.json path."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    results[key] = run
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(markdown(results))
+    return path
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The human-readable results page (bench/RESULTS.md): the pipeline run and, when there is
     one, the serve run (``results["serve"]``), each with its own command and date."""

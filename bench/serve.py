@@ -465,12 +465,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(serve: dict[str, Any], out: Path) -> None:
     """Put the run under ``serve`` in results.json (other runs kept) and rewrite RESULTS.md."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    results["serve"] = serve
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    (out / "RESULTS.md").write_text(report.markdown(results))
+    path = report.store_run(out, "serve", serve)
     for t in serve["targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
     print(f"wrote {path}, {out / 'RESULTS.md'}")
