@@ -134,8 +134,8 @@ def test_scan_never_ran_interrupted_or_stale() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("30m", 1800), ("24h", 86400), (" 7D ", 7 * 86400), ("2w", 14 * 86400),
-     ("3650d", 3650 * 86400)],
+    [("90s", 90), ("30m", 1800), ("24h", 86400), ("24 h", 86400), (" 7D ", 7 * 86400),
+     ("2w", 14 * 86400), ("3650d", 3650 * 86400)],
 )  # fmt: skip
 def test_parse_window(text: str, seconds: int) -> None:
     """The one ``--since`` parser (reauth report, reauth webhooks list/stats)."""

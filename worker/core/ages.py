@@ -58,7 +58,7 @@ def parse_window(text: str, option: str = "--since") -> timedelta:
     """A look-back window as people type it: a whole number and a unit (``90s``, ``30m``,
     ``24h``, ``7d``, ``2w``), more than 0, at most ten years. ValueError naming ``option`` and
     what is wrong otherwise. The one parser of every ``--since``."""
-    raw = text.strip().lower()
+    raw = "".join(text.split()).lower()  # "24 h" as well as "24h"
     if len(raw) < 2 or raw[-1] not in _WINDOW_UNITS or not raw[:-1].isdigit():
         raise ValueError(
             f"{option} {text!r}: expected a whole number and a unit (s, m, h, d, w), e.g. 30d"
