@@ -44,6 +44,10 @@ class Notification(TimestampMixin, Base):
     #: :func:`worker.core.grouping.group_id` of the member keys for a grouped one. NULL: not
     #: grouped yet (or ``member`` grouping).
     group_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    #: W3C ``traceparent`` of the span that produced the link (the member's MX call), when the
+    #: writer traced: the relay's span links to it, so a member's path reaches its delivery even
+    #: when that comes later in another trace (a sweep, the end of a grouping window).
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
     __table_args__ = (
         Index(

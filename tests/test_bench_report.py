@@ -313,3 +313,23 @@ def test_hand_written_sections_survive_a_new_run() -> None:
     assert "old table" not in page
     assert report.kept_sections(page) == note  # and the run after that keeps it again
     assert report.kept_sections("# Benchmark results\n") == ""
+
+
+def test_write_section_replaces_one_side_run_and_keeps_the_others(tmp_path: Any) -> None:
+    """``bench serve`` and ``bench funnel`` each put their run under their key of results.json
+    (the one writer of both), keep every other key and rewrite RESULTS.md from the whole."""
+    import json
+    from pathlib import Path
+
+    real = json.loads((Path(report.__file__).parent / "results.json").read_text())
+    (tmp_path / "results.json").write_text(json.dumps(real))
+    fresh = {**real["funnel"], "marker": "this run"}
+
+    path = report.write_section(tmp_path, "funnel", fresh)
+
+    stored = json.loads(path.read_text())
+    assert stored["funnel"] == fresh
+    assert {k: v for k, v in stored.items() if k != "funnel"} == {
+        k: v for k, v in real.items() if k != "funnel"
+    }
+    assert (tmp_path / "RESULTS.md").read_text() == report.markdown(stored)

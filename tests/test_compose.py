@@ -7,6 +7,7 @@ every setting must be documented in the README and .env.example.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,73 @@ def test_env_example_loads_as_dot_env(tmp_path: Path, monkeypatch: pytest.Monkey
     loaded = load_settings()
     monkeypatch.chdir(ROOT / "tests")
     assert loaded.model_dump() == Settings(_env_file=None).model_dump()  # type: ignore[call-arg]
+
+
+# --- the defaults the docs state are the code's ---------------------------------------------------
+
+#: README cells that describe a default in words, not as a value to parse.
+_WORDED = {"unset", "empty"}
+
+
+def _readme_defaults() -> dict[str, str]:
+    """``REAUTH_X`` → the default the README's settings table gives as one backticked value."""
+    out = {}
+    for name, cell in re.findall(r"^\| `(REAUTH_[A-Z0-9_]+)` \| ([^|]+) \|", _readme(), re.M):
+        m = re.fullmatch(r"`([^`]*)`", cell.strip())
+        if m:
+            out[name] = m.group(1)
+    return out
+
+
+def _env_example_defaults() -> dict[str, str]:
+    """``REAUTH_X`` → ``V`` for lines ``REAUTH_X=  # default V`` (an unset line saying its
+    default in the comment), and the value itself where a line sets one."""
+    out = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        m = re.match(r"(REAUTH_[A-Z0-9_]+)=(\S*)\s*(?:#\s*(.*))?$", line)
+        if not m:
+            continue
+        name, value, comment = m.group(1), m.group(2), m.group(3) or ""
+        # A value (``90d``, ``127.0.0.1``, ``both``), not words (``default MX's app origins``).
+        said = re.match(r"default ([a-z0-9][a-z0-9._:/-]*)(?:[\s,;]|$)", comment)
+        if value:
+            out[name] = value
+        elif said:
+            out[name] = said.group(1)
+    return out
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+def _value_of(name: str, text: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv(name, text)
+    try:
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    finally:
+        monkeypatch.delenv(name)
+    return getattr(settings, name.removeprefix(ENV_PREFIX).lower())
+
+
+def _default_of(name: str) -> Any:
+    return getattr(Settings(_env_file=None), name.removeprefix(ENV_PREFIX).lower())  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("doc", ["README.md", ".env.example"])
+def test_the_defaults_the_docs_state_are_the_codes(
+    doc: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each default the README's table (or an .env.example comment) states, read as the setting
+    reads it, equals the code's default: a changed default shows up here, not in production."""
+    for var in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(var)
+    stated = _readme_defaults() if doc == "README.md" else _env_example_defaults()
+    assert len(stated) >= 40, stated  # the parser still reads the doc
+    wrong = {}
+    for name, text in stated.items():
+        if text in _WORDED:
+            continue
+        if _value_of(name, text, monkeypatch) != _default_of(name):
+            wrong[name] = (text, _default_of(name))
+    assert wrong == {}, f"{doc} states defaults the code does not have"

@@ -330,3 +330,42 @@ def test_alerts_are_well_formed_and_name_existing_metrics() -> None:
     for wanted in ("ReauthFleetPaused", "ReauthOutboxBacklogGrowing", "ReauthGaveUpSpike",
                    "ReauthWebhookRejects", "ReauthReconnectSuccessCollapsing"):  # fmt: skip
         assert wanted in names
+
+
+# --- label values the code emits ---------------------------------------------------------------
+
+
+def _matchers(expr: str) -> list[tuple[str, str, str, str]]:
+    """(metric, label, op, value) of every label matcher in ``expr``."""
+    out = []
+    for metric, body in re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}", expr):
+        for label, op, value in re.findall(r'([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"([^"]*)"', body):
+            out.append((metric, label, op, value))
+    return out
+
+
+def test_the_checker_reads_label_matchers() -> None:
+    expr = 'sum(rate(a_total{stage="confirmed", outcome=~"x|y"}[5m])) / b{c!="d"}'
+    assert _matchers(expr) == [
+        ("a_total", "stage", "=", "confirmed"),
+        ("a_total", "outcome", "=~", "x|y"),
+        ("b", "c", "!=", "d"),
+    ]
+
+
+def test_funnel_stage_labels_are_stages_the_funnel_records() -> None:
+    """A ``stage`` the dashboard or an alert asks for is a value of core.funnel.Stage, the one
+    the funnel writes (a renamed stage would leave a panel empty and an alert silent)."""
+    from worker.core.funnel import Stage
+
+    stages = {s.value for s in Stage}
+    exprs = _dashboard_exprs() + [rule["expr"] for rule in _alerts()]
+    asked = [
+        value
+        for expr in exprs
+        for metric, label, _op, values in _matchers(expr)
+        if metric == "reauth_funnel_events_total" and label == "stage"
+        for value in values.split("|")
+    ]
+    assert {"confirmed", "clicked"} <= set(asked)  # the success-rate alert
+    assert set(asked) - stages == set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -102,8 +103,11 @@ def test_scan_regenerate_deliver_is_one_trace_with_links_and_client_spans(
 
     deliver = _one(found, "reauth.deliver")
     assert _parent(deliver) == _id(regen)
+    relay = _one(found, "reauth.relay")
+    assert _parent(relay) == _id(deliver)
+    assert {link.context.span_id for link in relay.links} == {_id(c) for c in calls}
     sink = _one(found, "reauth.sink")
-    assert _parent(sink) == _id(deliver)
+    assert _parent(sink) == _id(relay)
     assert (sink.attributes or {})["reauth.messages"] == 3
     assert {s.context.trace_id for s in found if s.context is not None} == {
         scan.context.trace_id if scan.context else 0
@@ -158,3 +162,69 @@ def test_webhook_path_intake_then_apply_then_regenerate(
     (call,) = [s for s in found if s.name == "reauth.mx_call"]
     assert _parent(call) == _id(regen)  # not the runtime's first task's span
     assert [s for s in found if _parent(s) == _id(call)], "no httpx span under the MX call"
+
+
+def test_a_grouped_delivery_later_links_to_each_members_mx_call(
+    spans: InMemorySpanExporter, db_url: str, sandbox: RunningSandbox
+) -> None:
+    """``REAUTH_NOTIFY_GROUPING=user`` holds the rows for the window, so they go out later in
+    another trace (a sweep): the relay's span links to the MX call of every member its message
+    serves (the span that wrote each row), and the sink span is under it."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from models import Member
+    from tests.pipeline_helpers import make_settings, populate, scan_now
+    from worker.app import jobs
+    from worker.clock import utc_now
+    from worker.config import NotifyGrouping
+    from worker.runtime import Runtime
+
+    window = timedelta(minutes=5)
+    settings = make_settings(db_url, sandbox).model_copy(
+        update={"notify_grouping": NotifyGrouping.USER, "grouping_window": window}
+    )
+    rt = Runtime(settings, inline=True)
+    try:
+        populate(rt.engine, 14, utc_now())
+        with rt.sessions.begin() as s:
+            s.execute(update(Member).values(user_guid="USR-ONE"))
+        scan_now(rt, trigger="test")  # the rows are written, and held for the window
+        scanned = list(spans.get_finished_spans())
+        calls = {_id(s) for s in scanned if s.name == "reauth.mx_call"}
+        assert len(calls) >= 3
+        assert not [s for s in scanned if s.name == "reauth.sink"]  # nothing went out yet
+        spans.clear()
+
+        totals = jobs.deliver(rt, owner="sweep", clock=lambda: utc_now() + window)
+    finally:
+        rt.close()
+
+    found = list(spans.get_finished_spans())
+    deliver = _one(found, "reauth.deliver")
+    assert deliver.parent is None  # a trace of its own, as a sweep's would be
+    relay = _one(found, "reauth.relay")
+    assert _parent(relay) == _id(deliver)
+    attrs = relay.attributes or {}
+    assert (attrs["reauth.messages"], attrs["reauth.grouping"]) == (1, "user")
+    assert attrs["reauth.rows"] == totals["sent"] >= 3
+    assert {link.context.span_id for link in relay.links} <= calls
+    assert len(relay.links) == totals["sent"]  # one per member's row, each its own MX call
+    assert len({link.context.span_id for link in relay.links}) == totals["sent"]
+    sink = _one(found, "reauth.sink")
+    assert _parent(sink) == _id(relay)
+
+
+def test_traceparent_round_trip_and_bad_values(spans: InMemorySpanExporter) -> None:
+    with tracing.span("x"):
+        here = tracing.current()
+    text = tracing.traceparent(here)
+    assert text is not None
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", text)
+    back = tracing.from_traceparent(text)
+    assert back is not None
+    assert here is not None
+    assert (back.trace_id, back.span_id) == (here.trace_id, here.span_id)
+    for bad in (None, "", "garbage", "00-xyz-abc-01", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"):
+        assert tracing.from_traceparent(bad) is None

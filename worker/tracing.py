@@ -10,7 +10,10 @@ way the service opens its own spans:
 ``reauth.scan`` → ``reauth.regenerate`` (one per batch) → ``reauth.mx_call`` (one per member,
 with the httpx span of the request under it) → ``reauth.write`` (the batch's transaction,
 linked to every member's ``reauth.mx_call``: one transaction serves many members) →
-``reauth.deliver`` (the relay) → ``reauth.sink`` (one per sink call). A webhook starts at
+``reauth.deliver`` (the relay) → ``reauth.relay`` (one per batch, linked to the MX call of
+every member it delivers: the outbox row keeps that span's ``traceparent``, since a delivery often
+runs in another trace, a sweep or the end of a grouping window) → ``reauth.sink`` (one per sink
+call). A webhook starts at
 ``reauth.webhook.intake`` and goes on through ``reauth.apply_webhooks``.
 
 Zero cost when off: nothing here imports opentelemetry until :func:`setup` finds an endpoint;
@@ -141,6 +144,32 @@ def current() -> SpanContext | None:
     from opentelemetry import trace
 
     context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+def traceparent(context: SpanContext | None) -> str | None:
+    """``context`` as a W3C ``traceparent`` value, to store with a row for a later span to link
+    to (None when not tracing)."""
+    if context is None:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def from_traceparent(value: str | None) -> SpanContext | None:
+    """The span context a stored ``traceparent`` names (None when not tracing, or when the value
+    is not one: a link is worth less than a delivery, so nothing here raises)."""
+    if _state.tracer is None or not value:
+        return None
+    parts = value.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
     return context if context.is_valid else None
 
 

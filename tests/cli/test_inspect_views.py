@@ -46,6 +46,7 @@ def test_status_rendering_with_a_fixed_now() -> None:
         },
     }  # fmt: skip
     text = _text(list(render_status(result, NOW, scan_interval=timedelta(minutes=5))))
+    assert "messages one per member and reminder" in text
     assert "2026-11-30T07:56:00Z (4 min ago) by beat" in text
     assert "PAUSED until 2026-11-30T08:04:00Z (in 4 min)" in text
     assert "oldest pending 2026-11-30T07:00:00Z (60 min ago)" in text
@@ -62,6 +63,21 @@ def test_status_rendering_with_a_fixed_now() -> None:
     ):
         assert hint in text, hint
     assert "{'" not in text
+
+
+def test_status_says_how_messages_are_grouped_and_the_days_funnel() -> None:
+    result = {
+        "members": {"awaiting_user/revoked": 3}, "members_total": 3,
+        "outbox": {"pending": 2, "sent": 1, "dead": 0, "canceled": 0},
+        "outbox_oldest_pending_at": "2026-11-30T07:57:00+00:00", "gave_up": 0, "mx_paused": None,
+        "notify_grouping": {"mode": "user", "window_s": 300},
+        "funnel_24h": {"detected": 1200, "link": 1190, "notified": 1180, "clicked": 400,
+                       "opened": 0, "result": 350, "confirmed": 300, "aggregated": 290},
+        "last_scan": None,
+    }  # fmt: skip
+    text = _text(list(render_status(result, NOW, scan_interval=timedelta(minutes=5))))
+    assert "one per person (reauth.oauth_links); pending rows wait up to 5 min" in text
+    assert "funnel, 24 h detected 1,200 → notified 1,180 → clicked 400 → confirmed 300" in text
 
 
 def test_history_rendering_with_a_fixed_now() -> None:
@@ -117,6 +133,9 @@ def test_status_history_and_unpause_through_the_cli(
     code, doc = cli(capsys, "status", "--json")
     assert doc["mx_paused"]["why"] == "MxUnauthorized: 401"
     assert doc["outbox"]["dead"] == 1
+    assert doc["notify_grouping"] == {"mode": "member", "window_s": 0}
+    assert doc["funnel_24h"]["detected"] == 1  # the scan opened MBR-a's episode
+    assert doc["funnel_24h"]["link"] == 1
 
     code, doc = cli(capsys, "unpause-mx", "--why", "rotated the key", "--json")
     assert (code, doc) == (0, {"lifted": True, "was": "MxUnauthorized: 401"})
@@ -132,4 +151,11 @@ def test_status_history_and_unpause_through_the_cli(
     assert "attempt" in text
     assert "notification" in text
     assert "unpause-mx" not in text
+    # The funnel path is part of the member's history.
+    assert re.search(r"│ +funnel +│ +stage=detected +episode=1 .*how=scan", text)
+    code, doc = cli(capsys, "history", "MBR-a", "--json")
+    stages = [e["stage"] for e in doc["events"] if e["kind"] == "funnel"]
+    assert stages[:2] == ["detected", "link"]
+    (note,) = [e for e in doc["events"] if e["kind"] == "notification"]
+    assert note["group_id"] is None  # member grouping: no grouped message
     assert re.search(r"\d\dZ +│ +(now|\d+ s ago) +│ +attempt", text)

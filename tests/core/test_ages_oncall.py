@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker.core.ages import iso, relative, when
+from worker.core.ages import iso, parse_window, relative, when
 from worker.core.oncall import GAVE_UP_MIN, OUTBOX_BACKLOG_MIN, hints
 
 NOW = datetime(2026, 11, 30, 8, 0, 0, tzinfo=UTC)
@@ -94,6 +94,21 @@ def test_outbox_backlog_by_size_or_by_age() -> None:
     assert _keys(big) == ["outbox_backlog"]
 
 
+def test_user_grouping_window_is_not_a_backlog() -> None:
+    """With ``user`` grouping a row waits up to the window on purpose: the age rule counts
+    from the end of the window (a 1 h window held for 80 min is fine; for 91 min it is late)."""
+    grouped = {"mode": "user", "window_s": 3600}
+    held = (NOW - timedelta(minutes=80)).isoformat()
+    late = (NOW - timedelta(minutes=91)).isoformat()
+    assert _keys(_status(outbox={"pending": 5}, outbox_oldest_pending_at=held,
+                         notify_grouping=grouped)) == []  # fmt: skip
+    assert _keys(_status(outbox={"pending": 5}, outbox_oldest_pending_at=held)) == [
+        "outbox_backlog"
+    ]
+    assert _keys(_status(outbox={"pending": 5}, outbox_oldest_pending_at=late,
+                         notify_grouping=grouped)) == ["outbox_backlog"]  # fmt: skip
+
+
 def test_gave_up_spike_needs_both_a_count_and_a_share() -> None:
     n = GAVE_UP_MIN
     few = {"pending/expired": 100, f"gave_up/{'expired'}": n}  # 9 % of open episodes
@@ -115,3 +130,25 @@ def test_scan_never_ran_interrupted_or_stale() -> None:
     fresh = (NOW - 3 * INTERVAL).isoformat()
     assert _keys(_status(last_scan={**last, "started_at": stale})) == ["scan_stale"]
     assert _keys(_status(last_scan={**last, "started_at": fresh})) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("24h", 86400), ("24 h", 86400), (" 7D ", 7 * 86400),
+     ("2w", 14 * 86400), ("3650d", 3650 * 86400)],
+)  # fmt: skip
+def test_parse_window(text: str, seconds: int) -> None:
+    """The one ``--since`` parser (reauth report, reauth webhooks list/stats)."""
+    assert parse_window(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [("", "whole number and a unit"), ("30", "whole number"), ("1.5d", "whole number"),
+     ("-3d", "whole number"), ("3y", "unit"), ("forever", "unit"), ("0h", "more than 0"),
+     ("3651d", "at most 10 years")],
+)  # fmt: skip
+def test_parse_window_names_the_option_and_what_is_wrong(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match="--window") as caught:
+        parse_window(text, "--window")
+    assert why in str(caught.value)

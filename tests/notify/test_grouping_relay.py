@@ -25,13 +25,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from models import Member, Notification
+from models import FunnelEvent, Member, Notification
 from worker.config import Settings
 from worker.core.contract import group_id, idempotency_key
+from worker.core.funnel import Stage
 from worker.errors import SinkPermanentError, SinkTransientError
 from worker.notify.relay import RelayResult, deliver_batch
 from worker.notify.sinks import DeliveryResult, FileSink, Message, RedisStreamSink
 from worker.notify.webhook import WebhookSink
+from worker.service.erasure import forget
 from worker.store import notifications
 from worker.store.db import session_scope
 
@@ -444,3 +446,87 @@ def test_celery_sink_sends_the_grouped_message_as_one_task(
     assert received.headers["id"] == payload["id"]
     assert payload["type"] == "reauth.oauth_links"
     assert listed(payload) == ["MBR-a", "MBR-b"]
+
+
+# --- the funnel sees every member of a grouped message ------------------------------------------
+
+
+def _notified(sessions: sessionmaker[Session]) -> list[tuple[str, int]]:
+    """(member guid, reminder) of every NOTIFIED funnel event, sorted."""
+    with session_scope(sessions) as s:
+        rows = s.execute(
+            select(Member.member_guid, FunnelEvent.reminder)
+            .join(Member, Member.id == FunnelEvent.member_id)
+            .where(FunnelEvent.stage == Stage.NOTIFIED.value)
+        ).all()
+    return sorted((guid, int(reminder)) for guid, reminder in rows)
+
+
+def test_a_grouped_message_records_notified_once_per_member_and_reminder(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """Each row of a ``reauth.oauth_links`` message is the funnel's NOTIFIED for its member and
+    reminder, once: a redelivery after a crash between deliver and mark records nothing twice,
+    and the next reminder, grouped again, is a NOTIFIED of its own."""
+    for guid in ("MBR-a", "MBR-b", "MBR-c"):
+        add(sessions, guid, reminder=1)
+
+    class CrashAfterDelivery(RecordingSink):
+        def deliver(self, messages: Sequence[Message]) -> list[DeliveryResult]:
+            super().deliver(messages)
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        relay(settings, sessions, CrashAfterDelivery(), NOW + WINDOW)
+    assert _notified(sessions) == []  # delivered, not yet marked: not yet a fact
+
+    after_lease = NOW + WINDOW + settings.notify_lease
+    result = relay(settings, sessions, RecordingSink(), after_lease, owner="relay-2")
+    assert (result.messages, result.sent) == (1, 3)
+    first = [("MBR-a", 1), ("MBR-b", 1), ("MBR-c", 1)]
+    assert _notified(sessions) == first
+    # A late relay that still thinks it holds the rows marks nothing and records nothing.
+    with session_scope(sessions) as s:
+        ids = list(s.scalars(select(Notification.id)))
+        notifications.mark_sent(s, ids, after_lease)
+    assert _notified(sessions) == first
+
+    later = after_lease + timedelta(hours=1)
+    for guid in ("MBR-a", "MBR-b"):
+        add(sessions, guid, due=later, reminder=2)
+    sink = RecordingSink()
+    assert relay(settings, sessions, sink, later + WINDOW).messages == 1
+    assert listed(sink.delivered[0]) == ["MBR-a", "MBR-b"]
+    assert _notified(sessions) == sorted([*first, ("MBR-a", 2), ("MBR-b", 2)])
+
+
+def test_forgetting_one_member_of_a_stored_group_leaves_the_others_whole(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """``reauth forget --member`` while that member's row waits in a group (a failed delivery
+    stored the group id): its row goes, the siblings' rows keep the group id and the retry
+    goes out under the same id without the forgotten member; its NOTIFIED never appears."""
+    for guid in ("MBR-a", "MBR-b", "MBR-c"):
+        add(sessions, guid, reminder=1)
+    failing = RecordingSink(answer=lambda _m: DeliveryResult(SinkTransientError("down")))
+    assert relay(settings, sessions, failing, NOW + WINDOW).retried == 3
+    (first,) = failing.delivered
+
+    with session_scope(sessions) as s:
+        done = forget(
+            s, user_guid=None, member_guid="MBR-b", why="request", actor="dpo",
+            now=NOW + WINDOW + timedelta(seconds=1),
+        )  # fmt: skip
+    assert (done["members"], done["notifications"], done["pending_canceled"]) == (1, 1, 1)
+    with session_scope(sessions) as s:
+        left = s.execute(select(Notification.group_id, Notification.payload)).all()
+    assert sorted(p["member_guid"] for _, p in left) == ["MBR-a", "MBR-c"]
+    assert {g for g, _ in left} == {uuid.UUID(first["id"])}
+
+    ok = RecordingSink()
+    assert relay(settings, sessions, ok, NOW + WINDOW + timedelta(minutes=2)).sent == 2
+    (retry,) = ok.delivered
+    assert retry["id"] == first["id"]
+    assert listed(retry) == ["MBR-a", "MBR-c"]
+    assert "MBR-b" not in json.dumps(retry)
+    assert _notified(sessions) == [("MBR-a", 1), ("MBR-c", 1)]

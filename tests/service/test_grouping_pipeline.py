@@ -24,6 +24,7 @@ from worker.config import NotifyGrouping
 from worker.core.contract import format_time
 from worker.runtime import Runtime
 from worker.sandbox.server import RunningSandbox
+from worker.service import actions
 from worker.service.deliver import deliver
 
 WINDOW = timedelta(minutes=5)
@@ -84,6 +85,22 @@ def test_one_user_gets_one_message_with_a_refreshed_link_and_nothing_twice(
     refreshed = next(m for m in message["members"] if m["id"] == str(rows[0].id))
     assert refreshed["oauth_window_uri"] != old_uri
     assert all(m["oauth_window_uri"] for m in message["members"])
+
+    # On-call finds the message a member went out in, and its funnel path says notified once.
+    with rt.sessions.begin() as s:
+        guid = s.scalar(
+            select(Member.member_guid)
+            .join(Notification, Notification.member_id == Member.id)
+            .where(Notification.id == rows[0].id)
+        )
+        assert guid is not None
+        seen = actions.history(s, guid)
+        stat = actions.status(s, utc_now(), grouping="user", grouping_window=WINDOW)
+    (event,) = [e for e in seen["events"] if e["kind"] == "notification"]
+    assert event["group_id"] == message["id"]
+    assert [e["stage"] for e in seen["events"] if e["kind"] == "funnel"].count("notified") == 1
+    assert stat["notify_grouping"] == {"mode": "user", "window_s": 300}
+    assert stat["funnel_24h"]["notified"] == len(rows)
 
     # Exactly once per member: a second scan queues nothing, a second delivery sends nothing.
     scan_now(rt, trigger="test")

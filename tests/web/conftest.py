@@ -89,14 +89,15 @@ def served_app(db_url: str, sandbox: RunningSandbox) -> Iterator[Served]:
 def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     """A headless Chromium for one test (skipped loudly without it; CI installs it).
 
-    It asks for the test's ``served`` (or ``served_app``) first, so it starts after and stops
-    before the pipeline's runtimes:
+    It asks for the test's server first (``served_app``, ``ops_url`` or ``served``, the first
+    the test uses), so it starts after and stops before that server's runtime:
     Playwright's sync API keeps an event loop running on this thread while it is open, and the
     runtimes run their own loop here when they start and close."""
     from tests.conftest import unavailable
     from tests.web.browser_helpers import chromium_path
 
-    request.getfixturevalue("served_app" if "served_app" in request.fixturenames else "served")
+    servers = ("served_app", "ops_url", "served")
+    request.getfixturevalue(next((n for n in servers if n in request.fixturenames), "served"))
     path = chromium_path()
     if path is None:
         unavailable("Chromium (apt-get install chromium)", FileNotFoundError("chromium"))

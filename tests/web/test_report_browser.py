@@ -12,7 +12,7 @@ import pytest
 
 from tests.funnel_helpers import seed
 from tests.pipeline_helpers import cli
-from tests.web.browser_helpers import chromium_path, shot
+from tests.web.browser_helpers import shot
 from worker.clock import utc_now
 from worker.config import load_settings
 from worker.runtime import Runtime
@@ -34,24 +34,6 @@ def ops_url(db_url: str) -> Iterator[str]:
             yield f"http://127.0.0.1:{port}/ops/report"
     finally:
         rt.close()
-
-
-@pytest.fixture
-def chromium(ops_url: str) -> Iterator[Any]:
-    """Started after (and stopped before) the ops listener's runtime, as in tests/web/conftest."""
-    from tests.conftest import unavailable
-
-    path = chromium_path()
-    if path is None:
-        unavailable("Chromium (apt-get install chromium)", FileNotFoundError("chromium"))
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"], headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _num(text: str) -> int:
@@ -109,7 +91,7 @@ def _check(seen: dict[str, Any], data: dict[str, Any]) -> None:
 
 
 def test_the_report_page_shows_the_json_numbers(
-    chromium: Any,
+    browser: Any,
     *,
     ops_url: str,
     db_url: str,
@@ -122,7 +104,7 @@ def test_the_report_page_shows_the_json_numbers(
     code, data = cli(capsys, "report", "--by", "institution", "--json", "--html", str(page_file))
     assert code == 0, data
     # The file, opened from disk with no server and no JavaScript.
-    context = chromium.new_context(
+    context = browser.new_context(
         java_script_enabled=False, viewport={"width": 1100, "height": 900}
     )
     requests: list[str] = []
@@ -136,7 +118,7 @@ def test_the_report_page_shows_the_json_numbers(
     context.close()
 
     # The same page from the ops listener, with Basic credentials.
-    context = chromium.new_context(
+    context = browser.new_context(
         http_credentials={"username": USER, "password": PASSWORD},
         viewport={"width": 1100, "height": 900},
     )
@@ -157,7 +139,7 @@ def test_the_report_page_shows_the_json_numbers(
 
     # Without credentials: 401 and no numbers (Chromium itself refuses to show a page that
     # asks for credentials it does not have, so the browser context's request client is used).
-    context = chromium.new_context()
+    context = browser.new_context()
     answer = context.request.get(ops_url)
     assert answer.status == 401
     assert 'id="funnel"' not in answer.text()

@@ -13,14 +13,20 @@ from worker.clock import utc_now
 
 @app.command("status")
 def status(json_out: bool = JSON_OPT) -> None:
-    """Members per state and reason, outbox, last scan, MX pause, and what to do next."""
+    """Members per state and reason, outbox, grouping, the day's funnel, last scan, MX pause,
+    and what to do next."""
     from worker.cli.views import render_status
     from worker.service import actions
 
     settings = setup(quiet=True)
     now = utc_now()
     with db_session(settings) as s:
-        result = actions.status(s, now)
+        result = actions.status(
+            s,
+            now,
+            grouping=settings.notify_grouping.value,
+            grouping_window=settings.grouping_window,
+        )
     if json_out:
         print_json(result)
         return
@@ -30,7 +36,7 @@ def status(json_out: bool = JSON_OPT) -> None:
 
 @app.command("history")
 def history(member_guid: str = typer.Argument(...), json_out: bool = JSON_OPT) -> None:
-    """Attempts, notifications and ops actions for one member, in time order."""
+    """Attempts, notifications, funnel events and ops actions for one member, in time order."""
     from worker.cli.views import render_history
     from worker.service import actions
 

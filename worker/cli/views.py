@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.cli.output import safe
-from worker.core.ages import parse_time, when
+from worker.core.ages import parse_time, span, when
 from worker.core.oncall import Hint, hints
 
 #: Keys of an event shown in its own column (the rest go to details).
@@ -42,6 +42,19 @@ def _value(key: str, value: Any, now: datetime) -> str:
     return str(value)
 
 
+def _grouping(grouping: dict[str, Any] | None) -> str:
+    if not grouping or grouping.get("mode") != "user":
+        return "one per member and reminder"
+    window = span(timedelta(seconds=int(grouping.get("window_s", 0))))
+    return f"one per person (reauth.oauth_links); pending rows wait up to {window} for siblings"
+
+
+def _funnel(stages: dict[str, int]) -> str:
+    """The day's episodes through the stages a person acts on (``reauth report`` has all)."""
+    shown = ("detected", "notified", "clicked", "confirmed")
+    return " → ".join(f"{name} {int(stages.get(name, 0)):,}" for name in shown)
+
+
 def render_hints(found: list[Hint]) -> RenderableType:
     """What to do next, or a line saying nothing is stuck."""
     if not found:
@@ -56,7 +69,8 @@ def render_hints(found: list[Hint]) -> RenderableType:
 def render_status(
     result: dict[str, Any], now: datetime, *, scan_interval: timedelta
 ) -> list[RenderableType]:
-    """``reauth status`` for a person: members, outbox, last scan, MX pause, hints."""
+    """``reauth status`` for a person: members, outbox, grouping, the day's funnel, last scan,
+    MX pause, hints."""
     members = Table(title="members by state / reason", title_justify="left")
     members.add_column("state")
     members.add_column("reason")
@@ -74,7 +88,11 @@ def render_status(
     rows: list[tuple[str, str]] = [
         ("gave up", str(result["gave_up"])),
         ("oldest pending", when(result.get("outbox_oldest_pending_at"), now)),
+        ("messages", _grouping(result.get("notify_grouping"))),
     ]
+    day = result.get("funnel_24h")
+    if day:
+        rows.append(("funnel, 24 h", _funnel(day)))
     paused = result.get("mx_paused")
     rows.append(
         ("MX calls", "running" if not paused else f"PAUSED until {when(paused['until'], now)}")

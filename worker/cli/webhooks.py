@@ -7,8 +7,7 @@ with ``--body``: they carry member and user guids.
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +18,7 @@ from worker.app import jobs
 from worker.cli import app
 from worker.cli.output import console, db_session, print_json, runtime, safe, setup
 from worker.clock import utc_now
+from worker.core.ages import parse_window
 from worker.errors import InputError
 from worker.store import inbox
 from worker.store.db import session_scope
@@ -26,14 +26,12 @@ from worker.store.db import session_scope
 webhooks_app = typer.Typer(help="MX webhooks received: list them, replay them, count them.")
 app.add_typer(webhooks_app, name="webhooks")
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def _since(text: str) -> datetime:
-    found = re.fullmatch(r"\s*(\d{1,6})\s*([smhd])\s*", text)
-    if found is None:
-        raise InputError(f"--since must be a duration like 30m, 24h or 7d; got {text!r}")
-    return utc_now() - timedelta(seconds=int(found[1]) * _UNITS[found[2]])
+    try:
+        return utc_now() - parse_window(text, "--since")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _check_status(status: str | None) -> None:

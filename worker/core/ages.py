@@ -1,4 +1,5 @@
-"""Times for people: ISO 8601 in UTC with a relative age ("4 min ago", "in 23 h").
+"""Times for people: ISO 8601 in UTC with a relative age ("4 min ago", "in 23 h"), and the
+look-back windows people type (``--since 30d``).
 
 Pure: ``now`` is passed in. The on-call views (``reauth status``, ``reauth history``) use it so
 a time reads the same everywhere and the age is right next to it.
@@ -45,6 +46,29 @@ def relative(at: datetime, now: datetime) -> str:
     if abs(delta.total_seconds()) < 1:
         return "now"
     return f"in {span(delta)}" if delta > timedelta(0) else f"{span(delta)} ago"
+
+
+#: The units a window for people may be given in (``--since 30d``).
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest window: ten years (no table keeps anything longer).
+_WINDOW_MAX = 3650 * 86400
+
+
+def parse_window(text: str, option: str = "--since") -> timedelta:
+    """A look-back window as people type it: a whole number and a unit (``90s``, ``30m``,
+    ``24h``, ``7d``, ``2w``), more than 0, at most ten years. ValueError naming ``option`` and
+    what is wrong otherwise. The one parser of every ``--since``."""
+    raw = "".join(text.split()).lower()  # "24 h" as well as "24h"
+    if len(raw) < 2 or raw[-1] not in _WINDOW_UNITS or not raw[:-1].isdigit():
+        raise ValueError(
+            f"{option} {text!r}: expected a whole number and a unit (s, m, h, d, w), e.g. 30d"
+        )
+    n, unit = int(raw[:-1]), _WINDOW_UNITS[raw[-1]]
+    if n <= 0:
+        raise ValueError(f"{option} {text!r}: must be more than 0")
+    if n * unit > _WINDOW_MAX:
+        raise ValueError(f"{option} {text!r}: at most 10 years")
+    return timedelta(seconds=n * unit)
 
 
 def when(value: datetime | str | None, now: datetime) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
+from worker.core.ages import parse_window
 from worker.core.policy import IN_EPISODE, ReauthFields, State
 
 
@@ -390,20 +391,9 @@ def alerts(
 
 
 def parse_since(text: str) -> int:
-    """``--since``: ``30d``, ``12h``, ``90m`` or ``2w`` → seconds. Raises ValueError with what
-    is wrong."""
-    units = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    raw = text.strip().lower()
-    if len(raw) < 2 or raw[-1] not in units or not raw[:-1].isdigit():
-        raise ValueError(
-            f"--since {text!r}: expected a whole number and a unit (m, h, d, w), e.g. 30d"
-        )
-    n = int(raw[:-1])
-    if n <= 0:
-        raise ValueError(f"--since {text!r}: must be more than 0")
-    if n * units[raw[-1]] > 3650 * 86400:
-        raise ValueError(f"--since {text!r}: at most 10 years")
-    return n * units[raw[-1]]
+    """``--since`` (``30d``, ``12h``, ``90m``, ``2w``: :func:`worker.core.ages.parse_window`) →
+    seconds. Raises ValueError with what is wrong."""
+    return int(parse_window(text, "--since").total_seconds())
 
 
 def parse_by(text: str | None) -> By | None:

@@ -19,7 +19,8 @@ GAVE_UP_MIN = 10
 GAVE_UP_SHARE = 0.2
 #: Pending notifications that count as a backlog on their own.
 OUTBOX_BACKLOG_MIN = 1000
-#: A pending notification older than this means deliveries are not keeping up.
+#: A pending notification older than this (plus the grouping window with ``user`` grouping)
+#: means deliveries are not keeping up.
 OUTBOX_OLDEST_MAX = timedelta(minutes=30)
 #: The last scan is stale after this many scan intervals.
 SCAN_STALE_INTERVALS = 3
@@ -68,7 +69,10 @@ def hints(status: dict[str, Any], now: datetime, *, scan_interval: timedelta) ->
         )
     pending = int(outbox.get("pending", 0))
     oldest = parse_time(status.get("outbox_oldest_pending_at"))
-    old = oldest is not None and now - oldest > OUTBOX_OLDEST_MAX
+    # With ``user`` grouping a row waits up to the window on purpose (for the person's other
+    # members): only what waits longer than that is late.
+    window = timedelta(seconds=int((status.get("notify_grouping") or {}).get("window_s", 0)))
+    old = oldest is not None and now - oldest > OUTBOX_OLDEST_MAX + window
     if pending >= OUTBOX_BACKLOG_MIN or (pending and old):
         since = f"; the oldest is from {when(oldest, now)}" if oldest else ""
         found.append(

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import failpoints
+from worker import failpoints, tracing
 from worker.config import NotifyGrouping, Settings
 from worker.core import grouping
 from worker.core.backoff import backoff_delay
@@ -297,7 +297,18 @@ def deliver_batch(
         messages = [grouping.message_for(g, payloads) for g in groups]
         ids = [r for g in groups for r in g.rows]
         beat = _renew_leases(sessions, ids, owner=owner, now=now, settings=settings, log=log)
-        with leases.heartbeat(beat, settings.claim_heartbeat):
+        # One span for the batch, linked to the span that wrote each row (its member's MX call):
+        # the delivery often runs in another trace (a sweep, the end of a grouping window).
+        written = {c.id: c.trace_parent for c in batch}
+        with (
+            tracing.span(
+                "reauth.relay",
+                {"reauth.rows": len(ids), "reauth.messages": len(messages),
+                 "reauth.grouping": settings.notify_grouping.value},
+                links=[tracing.from_traceparent(written[r]) for r in ids],
+            ),
+            leases.heartbeat(beat, settings.claim_heartbeat),
+        ):  # fmt: skip
             results = _deliver(sink, messages, log)
         failpoints.hit("after_deliver")
         outcomes = {r: res for g, res in zip(groups, results, strict=True) for r in g.rows}

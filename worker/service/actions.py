@@ -9,13 +9,13 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from models import Member
-from worker.core.funnel import Event, Stage
+from worker.core.funnel import FUNNEL, Event, Stage
 from worker.core.policy import (
     IN_EPISODE,
     OAUTH_ERROR_REASONS,
@@ -173,19 +173,37 @@ def _result_events(session: Session, m: Member, result: str, now: datetime) -> N
         funnel.record(session, [Event(m.id, m.episode, Stage.RESULT, now, detail=result)])
 
 
-def status(session: Session, now: datetime) -> dict[str, Any]:
-    """Members per state and reason, outbox by status (and its oldest pending row), the last
-    scan, the gave-up count, and the fleet-wide MX pause if one holds at ``now``."""
+#: The funnel line of ``reauth status`` counts the episodes detected this long ago at most.
+STATUS_FUNNEL_SPAN = timedelta(hours=24)
+
+
+def status(
+    session: Session,
+    now: datetime,
+    *,
+    grouping: str = "member",
+    grouping_window: timedelta = timedelta(0),
+) -> dict[str, Any]:
+    """Members per state and reason, outbox by status (and its oldest pending row), how
+    notifications are grouped (``user``: pending rows may wait ``grouping_window`` on purpose),
+    the funnel of the episodes detected in the last 24 h, the last scan, the gave-up count, and
+    the fleet-wide MX pause if one holds at ``now``."""
     counts = members.counts_by_state(session)
     by_state = {f"{state}/{reason or '-'}": n for (state, reason), n in counts.items()}
     last = audit.last_scan(session)
     pause = locks.mx_pause(session, now)
     oldest = notifications.oldest_pending_at(session)
+    day = funnel.group_counts(session, now - STATUS_FUNNEL_SPAN, None)
     return {
         "members": by_state,
         "members_total": sum(by_state.values()),
         "outbox": notifications.counts_by_status(session),
         "outbox_oldest_pending_at": None if oldest is None else oldest.isoformat(),
+        "notify_grouping": {
+            "mode": grouping,
+            "window_s": int(grouping_window.total_seconds()) if grouping == "user" else 0,
+        },
+        "funnel_24h": day[0].stages if day else {stage.value: 0 for stage, _ in FUNNEL},
         "gave_up": sum(n for (state, _), n in counts.items() if state == State.GAVE_UP),
         "mx_paused": None if pause is None else {"why": pause[0], "until": pause[1].isoformat()},
         "last_scan": None
@@ -216,7 +234,8 @@ def unpause_mx(session: Session, *, actor: str, why: str, now: datetime) -> dict
 
 
 def history(session: Session, member_guid: str) -> dict[str, Any]:
-    """Attempts, notifications and ops actions of one member, in time order."""
+    """Attempts, notifications (with the grouped message each went out in), funnel events and
+    ops actions of one member, in time order."""
     (m,) = members_by_guid(session, [member_guid])
     events: list[dict[str, Any]] = []
     for a in attempts.for_member(session, m.id):
@@ -247,6 +266,20 @@ def history(session: Session, member_guid: str) -> dict[str, Any]:
                 "status": n.status,
                 "attempts": n.attempts,
                 "sent_at": n.sent_at,
+                # The grouped message (reauth.oauth_links) it went out in: the id consumers saw.
+                "group_id": None if n.group_id is None else str(n.group_id),
+            }
+        )
+    for f in funnel.path(session, m.id):
+        events.append(
+            {
+                "at": f.at,
+                "kind": "funnel",
+                "stage": f.stage,
+                "episode": f.episode,
+                "reminder": f.reminder,
+                "detail": f.detail,
+                "how": f.how,
             }
         )
     for o in audit.actions_naming(session, member_guid):

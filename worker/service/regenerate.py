@@ -366,7 +366,7 @@ def _write(
             result.outcomes["deferred" if res.deferred else outcome.value] += 1
             if res.deferred:
                 fields = after_outcome(snap, g, Outcome.SUCCESS, now, cfg)
-                outbox.append(_outbox_row(rt.settings, nid, m, g, None, now=now))
+                outbox.append(_outbox_row(rt.settings, nid, m, g, None, now=now, span=res.span))
                 changes.append(_change(m, snap, g, fields))
                 continue
             metrics.ATTEMPTS.labels(outcome=outcome.value).inc()
@@ -408,7 +408,7 @@ def _write(
                 extra.update(oauth_window_uri=w.oauth_window_uri, uri_generated_at=w.generated_at)
                 if w.member_guid != m.member_guid:
                     extra["mx_member_guid"] = w.member_guid
-                outbox.append(_outbox_row(rt.settings, nid, m, g, w, now=now))
+                outbox.append(_outbox_row(rt.settings, nid, m, g, w, now=now, span=res.span))
             changes.append(_change(m, snap, g, fields, extra))
             _log_member(m, g, outcome, res)
         decisions.apply(s, changes, now=now, how=How.of_trigger(trigger))
@@ -440,7 +440,10 @@ def _outbox_row(
     w: OAuthWindow | None,
     *,
     now: datetime,
+    span: SpanContext | None = None,
 ) -> dict[str, Any]:
+    """The outbox row; it keeps the member's MX call span (or, with no call, the batch's
+    transaction) for the relay to link to."""
     return {
         "id": nid,
         "idempotency_key": idempotency_key(m.member_guid, g.episode, g.reminder),
@@ -460,6 +463,7 @@ def _outbox_row(
             reconnect_url=reconnect_url(settings, nid, now),
         ),
         "link_params": link_params(g),
+        "trace_parent": tracing.traceparent(span or tracing.current()),
         "status": NotificationStatus.PENDING.value,
         "attempts": 0,
         "next_attempt_at": now,

@@ -40,6 +40,8 @@ class Claimed:
     idempotency_key: str = ""
     user_guid: str = ""
     group_id: uuid.UUID | None = None
+    #: The writer's span (W3C traceparent) when it traced, for the relay's span to link to.
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +117,14 @@ def claim_due(
         owner=owner,
         until=now + lease,
         limit=limit,
-        returning=(N.id, N.payload, N.attempts, N.created_at),
+        returning=(N.id, N.payload, N.attempts, N.created_at, N.trace_parent),
     )
     # RETURNING has no order; deliver oldest first like the claim chose them.
     ordered = sorted(rows, key=lambda row: (row.created_at, str(row.id)))
-    return [Claimed(row.id, dict(row.payload), row.attempts) for row in ordered]
+    return [
+        Claimed(row.id, dict(row.payload), row.attempts, trace_parent=row.trace_parent)
+        for row in ordered
+    ]
 
 
 def claim_due_groups(
@@ -146,7 +151,9 @@ def claim_due_groups(
     ``members`` by its primary key for the user.
     """
     until = now + lease
-    returning = (N.id, N.payload, N.attempts, N.created_at, N.idempotency_key, N.group_id)
+    returning = (
+        N.id, N.payload, N.attempts, N.created_at, N.idempotency_key, N.group_id, N.trace_parent,
+    )  # fmt: skip
     due_flag = case((_due(now), 1), else_=0)
     ready_groups = session.execute(
         select(N.group_id, func.count().label("n"))
@@ -228,6 +235,7 @@ def claim_due_groups(
             idempotency_key=row.idempotency_key,
             user_guid=user_of[row.id],
             group_id=row.group_id,
+            trace_parent=row.trace_parent,
         )
         for row in ordered
     ]

@@ -8,9 +8,6 @@ time. Every answer carries the public pages' security headers (no-store, CSP wit
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import secrets
 from html import escape
 
@@ -26,6 +23,7 @@ from worker.errors import InputError
 from worker.runtime import Runtime
 from worker.service import report
 from worker.service.report_html import render
+from worker.web import basic_auth
 from worker.web.app import security_headers
 
 log = structlog.get_logger(__name__)
@@ -44,28 +42,16 @@ def _plain(status: int, text: str, **extra: str) -> Response:
     return HTMLResponse(body, status_code=status, headers={**_headers(nonce), **extra})
 
 
-def authorized(header: str | None, username: str, password: str) -> bool:
-    """HTTP Basic credentials match (both compared in constant time, whatever fails first)."""
-    if not header or not header.lower().startswith("basic "):
-        return False
-    try:
-        user, _, given = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    ok_user = hmac.compare_digest(user.encode(), username.encode())
-    ok_pass = hmac.compare_digest(given.encode(), password.encode())
-    return ok_user and ok_pass
-
-
 def create_ops_app(rt: Runtime) -> Starlette:
     """The ops app over ``rt`` (needs REAUTH_OPS_USERNAME and REAUTH_OPS_PASSWORD)."""
     settings = rt.settings
     if settings.ops_username is None or settings.ops_password is None:
         raise InputError("the ops listener needs REAUTH_OPS_USERNAME and REAUTH_OPS_PASSWORD")
-    username, password = settings.ops_username, settings.ops_password.get_secret_value()
+    username = settings.ops_username.encode()
+    password = settings.ops_password.get_secret_value().encode()
 
     async def ops_report(request: Request) -> Response:
-        if not authorized(request.headers.get("authorization"), username, password):
+        if not basic_auth.matches(request.headers.get("authorization"), username, password):
             log.warning("ops.unauthorized", path=request.url.path)
             return _plain(401, "Authentication required.", **{
                 "WWW-Authenticate": 'Basic realm="reauth ops", charset="UTF-8"'})  # fmt: skip

@@ -14,9 +14,6 @@ payload is logged.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +27,7 @@ from worker.clock import utc_now
 from worker.runtime import Runtime
 from worker.service import webhooks
 from worker.store.inbox import Stored
+from worker.web import basic_auth
 
 log = structlog.get_logger(__name__)
 
@@ -62,17 +60,7 @@ class WebhookIntake:
 
     def authorized(self, header: str | None) -> bool:
         """HTTP Basic, both parts compared in constant time."""
-        if not header or header[:6].lower() != "basic ":
-            return False
-        try:
-            user, sep, password = base64.b64decode(header[6:].strip(), validate=True).partition(
-                b":"
-            )
-        except (binascii.Error, ValueError):
-            return False
-        ok_user = hmac.compare_digest(user, self.username)
-        ok_password = hmac.compare_digest(password, self.password)
-        return bool(sep) and ok_user and ok_password
+        return basic_auth.matches(header, self.username, self.password)
 
     def _in(self, address: str, networks: list[IpNetwork]) -> bool:
         try:
