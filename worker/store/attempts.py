@@ -6,15 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import Attempt
+from worker.store import bulk
 
 
 def add(session: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(insert(Attempt), rows)
+    """One statement per batch on PostgreSQL (:mod:`worker.store.bulk`), not one per member."""
+    bulk.insert_rows(session, Attempt, rows)
 
 
 def for_member(session: Session, member_id: int) -> list[Attempt]:
