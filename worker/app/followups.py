@@ -7,11 +7,13 @@ picks one when it is built (``Runtime(inline=...)``); nothing swaps them later.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from worker import waits
 from worker.clock import utc_now
 
 if TYPE_CHECKING:
@@ -68,7 +70,7 @@ class CeleryFollowups:
             app.send_task(DELIVER_TASK)
 
     def delivery_started(self) -> None:
-        self._flag(set_it=False)
+        self._flag(set_it=False, timed="relay_queued")
 
     def apply_webhooks(self) -> None:
         # Coalesced like the relay: one queued apply task sees every event committed before
@@ -81,8 +83,14 @@ class CeleryFollowups:
     def webhooks_started(self) -> None:
         self._flag(set_it=False, key=WEBHOOKS_QUEUED_KEY)
 
-    def _flag(self, *, set_it: bool, key: str = DELIVER_QUEUED_KEY) -> bool:
-        """Set (True when we set it, i.e. nobody else had) or clear a task-queued flag."""
+    def _flag(
+        self, *, set_it: bool, key: str = DELIVER_QUEUED_KEY, timed: str | None = None
+    ) -> bool:
+        """Set (True when we set it, i.e. nobody else had) or clear a task-queued flag.
+
+        The flag holds the time it was set: with the benchmark's wait timings on
+        (:mod:`worker.waits`), clearing it as ``timed`` notes how long the task stayed queued.
+        """
         import redis
 
         if self._redis_url is None:
@@ -94,8 +102,13 @@ class CeleryFollowups:
                 )
             if set_it:
                 # Expires so that a lost task message cannot block relays for more than a minute.
-                return bool(self._client.set(key, 1, nx=True, ex=60))
-            self._client.delete(key)
+                return bool(self._client.set(key, f"{time.time():.6f}", nx=True, ex=60))
+            if timed is not None and waits.FILE is not None:
+                raw = self._client.getdel(key)
+                if raw is not None:
+                    waits.note(timed, max(0.0, time.time() - float(raw)))
+            else:
+                self._client.delete(key)
         except (redis.RedisError, OSError) as exc:  # Redis trouble: fall back to always queueing
             log.warning("dispatch_flag_unavailable", error=type(exc).__name__)
         return True

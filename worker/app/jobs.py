@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from worker import failpoints, tracing
+from worker import failpoints, tracing, waits
 from worker.core.policy import Reason
 from worker.runtime import Runtime
 from worker.service import deliver as delivery
@@ -85,7 +85,9 @@ def deliver(rt: Runtime, *, owner: str, clock: Clock) -> dict[str, Any]:
     """One delivery pass over the outbox (after batch commits, and on beat as a sweeper)."""
     rt.followups.delivery_started()
     with tracing.span("reauth.deliver") as current:
+        t0 = time.perf_counter()
         totals = delivery.deliver(rt, clock=clock, owner=owner)
+        waits.note("relay_pass", time.perf_counter() - t0)  # no-op unless bench.waits
         if current is not None:
             current.set_attribute("reauth.sent", int(totals.get("sent", 0)))
         return totals

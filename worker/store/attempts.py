@@ -4,21 +4,18 @@ what MX answered. Never commits."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import Attempt
-
-_ATTEMPTS = cast(Table, Attempt.__table__)  # a mapped class's table
+from worker.store import bulk
 
 
 def add(session: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        # The table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery
-        # (nothing reads the rows back in the unit of work).
-        session.execute(insert(_ATTEMPTS), rows)
+    """One statement per batch on PostgreSQL (:mod:`worker.store.bulk`), not one per member."""
+    bulk.insert_rows(session, Attempt, rows)
 
 
 def for_member(session: Session, member_id: int) -> list[Attempt]:

@@ -1,9 +1,10 @@
 """The funnel tables: record events and keep each episode's summary row, and the report's reads.
 
 :func:`record` is called inside the transaction of the fact it records (the one decision
-writer, the relay marking rows sent, a click, an OAuth result): one multi-row INSERT for the
-events, one read of the affected summary rows, one INSERT of new rows and one bulk UPDATE of
-changed ones, whatever the batch size. How a row advances is :func:`worker.core.funnel.advance`.
+writer, the relay marking rows sent, a click, an OAuth result): one INSERT for the events,
+one read of the affected summary rows, one INSERT of new rows and one UPDATE of changed ones,
+whatever the batch size (:mod:`worker.store.bulk`: arrays bound to ``unnest`` on
+PostgreSQL). How a row advances is :func:`worker.core.funnel.advance`.
 The events of a committed transaction are handed to :func:`on_commit` observers (metrics), and
 dropped on rollback. Never commits.
 """
@@ -15,12 +16,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, event, func, insert, literal, select, update
+from sqlalchemy import case, event, func, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Episode, FunnelEvent, Member
 from worker.core import funnel
 from worker.core.funnel import By, Event, GroupCounts, InstitutionRate, Stage, Summary
+from worker.store import bulk
 
 #: session.info key of the (stage, reason, channel) triples recorded in this transaction.
 _PENDING = "funnel_recorded"
@@ -39,11 +41,12 @@ def record(session: Session, events: Iterable[Event]) -> int:
     events = list(events)
     if not events:
         return 0
-    # A list of parameter sets (executemany, sent as multi-row INSERTs by insertmanyvalues), not
-    # .values([...]): that form is a new statement per call, compiled bind by bind (it was
-    # half of a regenerate batch's CPU; bench/RESULTS.md, "Speed round two").
-    session.execute(
-        insert(FunnelEvent),
+    # One INSERT ... SELECT FROM unnest(arrays) on PostgreSQL (worker.store.bulk), not an
+    # executemany (a statement per row) nor .values([...]) (a new statement per call, compiled
+    # bind by bind: it was half of a regenerate batch's CPU; bench/RESULTS.md, "Speed round two").
+    bulk.insert_rows(
+        session,
+        FunnelEvent,
         [
             {
                 "member_id": e.member_id,
@@ -111,10 +114,8 @@ def record(session: Session, events: Iterable[Event]) -> int:
         for key, (rid, s) in rows.items()
         if rid is not None and s != before[key]
     ]
-    if new:
-        session.execute(insert(Episode), new)  # executemany, as above
-    if changed:
-        session.execute(update(Episode), changed)
+    bulk.insert_rows(session, Episode, new)  # one statement each, as above
+    bulk.update_by_id(session, Episode, changed)
     session.info.setdefault(_PENDING, []).extend(recorded)
     return len(events)
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from models import Member
 from worker.core.policy import Channel, MemberSnapshot, Reason, ReauthFields, State
-from worker.store import leases
+from worker.store import bulk, leases
 
 #: MX fields an import (or, later, a webhook) may set; a change to any makes the member due.
 MX_FIELDS = (
@@ -222,9 +222,8 @@ def renew_claims(session: Session, ids: Iterable[int], owner: str, *, until: dat
 
 
 def update_members(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Bulk UPDATE by primary key (each dict carries ``id``)."""
-    if rows:
-        session.execute(update(Member), rows)
+    """Bulk UPDATE by primary key (each dict carries ``id``): one statement per column set."""
+    bulk.update_by_id(session, Member, rows)
 
 
 # --- lookups ------------------------------------------------------------------------------------
