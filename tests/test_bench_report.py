@@ -142,6 +142,20 @@ def test_targets_are_judged_against_the_issue_thresholds() -> None:
     assert "worker peak RSS (process tree)" not in verdicts
 
 
+def test_flat_memory_needs_every_run_to_finish() -> None:
+    results = _results()
+    big = results["rows"][6]
+    assert big["members"] == 100_000
+    big.update(complete=False, delivered=30_000)
+    targets = {t["target"]: t for t in report.targets(results)}
+    growth = targets["PSS growth 20,000 -> 100,000 due"]
+    assert growth["met"] is False  # +15% is within 20%, but the 100k run was cut off
+    assert "the 100,000 run did not finish: 30,000 delivered" in growth["measured"]
+    big["complete"] = True
+    again = {t["target"]: t["met"] for t in report.targets(results)}
+    assert again["PSS growth 20,000 -> 100,000 due"] is True
+
+
 def test_memory_falls_back_to_rss_for_runs_without_pss() -> None:
     results = _results()
     for r in results["rows"]:

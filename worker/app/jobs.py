@@ -90,7 +90,14 @@ def deliver(rt: Runtime, *, owner: str, clock: Clock) -> dict[str, Any]:
         waits.note("relay_pass", time.perf_counter() - t0)  # no-op unless bench.waits
         if current is not None:
             current.set_attribute("reauth.sent", int(totals.get("sent", 0)))
-        return totals
+    if totals.get("more") and not rt.inline:
+        # A backlog larger than one pass: queue the next pass (coalesced through the relay's
+        # flag) instead of leaving the rest to the beat sweeper's next tick.
+        try:
+            rt.followups.deliver()
+        except Exception as exc:  # broker down: the beat sweeper follows
+            log.warning("deliver.queue_failed", error=type(exc).__name__)
+    return totals
 
 
 def purge(rt: Runtime, *, clock: Clock) -> retention.PurgeResult:

@@ -2,7 +2,9 @@
 
 The relay (:mod:`worker.notify.relay`) never delivers a stale link; the refresh step
 (:mod:`worker.service.refresh`) regenerates those first. A pass drains at most
-:data:`MAX_ROUNDS` batches so a task never runs unbounded; the beat sweeper picks up the rest.
+:data:`MAX_ROUNDS` batches so a task never runs unbounded; a pass that stops there with a full
+last batch says so (``more``) and the job queues the next pass at once (the beat sweeper is only
+the backstop), so a large backlog drains without waiting for beat.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def deliver(rt: Runtime, *, clock: Callable[[], datetime], owner: str) -> dict[s
             totals[key] = totals.get(key, 0) + value
         if result.claimed < rt.settings.notify_batch_size:
             break
+    else:
+        # Stopped by the round cap on a full batch: rows are probably still due.
+        totals["more"] = True
     with session_scope(rt.sessions) as s:
         metrics.OUTBOX_BACKLOG.set(notifications.backlog(s))
     metrics.NOTIFICATIONS.labels(result="sent").inc(totals.get("sent", 0))
