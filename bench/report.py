@@ -721,9 +721,9 @@ def funnel_markdown(funnel: dict[str, Any] | None) -> list[str]:
         "400 days in random order, so a window's rows lie scattered over the whole heap (the "
         "worst case: in production rows arrive in detection order). Timed: "
         "`worker.service.report.build` (the four grouped queries on `episodes` "
-        "and the core's arithmetic), median of the runs. **Taken under shared load**: other "
-        "engineers' tests and benchmarks ran on the same 2 cores (load average "
-        f"{funnel['loadavg']['start']} at the start, {funnel['loadavg']['end']} at the end).",
+        "and the core's arithmetic), median of the runs. Load average "
+        f"{funnel['loadavg']['start']} at the start, {funnel['loadavg']['end']} at the end "
+        "(anything else running on the same cores shows there).",
         "",
         _table(["target", "measured", "goal", "met"],
                [[t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"]]),
