@@ -230,7 +230,4 @@ def _loadavg() -> list[float]:
 
 def write(result: dict[str, Any], out: Path) -> None:
     """Put the run under ``funnel`` in results.json (other runs kept) and rewrite RESULTS.md."""
-    path = report.write_section(out, "funnel", result)
-    t = result["target"]
-    print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
-    print(f"wrote {path}, {out / 'RESULTS.md'}")
+    report.write_and_tell(out, "funnel", result, [result["target"]])

@@ -757,3 +757,11 @@ def write_section(out: Path, key: str, run: dict[str, Any]) -> Path:
     kept = kept_sections(page.read_text()) if page.exists() else ""
     page.write_text(markdown(results, kept))
     return path
+
+
+def write_and_tell(out: Path, key: str, run: dict[str, Any], targets: list[dict[str, Any]]) -> None:
+    """:func:`write_section`, then print each target's verdict and where the pages went."""
+    path = write_section(out, key, run)
+    for t in targets:
+        print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
+    print(f"wrote {path}, {out / 'RESULTS.md'}")

@@ -477,10 +477,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(serve: dict[str, Any], out: Path) -> None:
     """Put the run under ``serve`` in results.json (other runs kept) and rewrite RESULTS.md."""
-    path = report.write_section(out, "serve", serve)
-    for t in serve["targets"]:
-        print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
-    print(f"wrote {path}, {out / 'RESULTS.md'}")
+    report.write_and_tell(out, "serve", serve, serve["targets"])
 
 
 if __name__ == "__main__":

@@ -427,10 +427,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(run: dict[str, Any], out: Path) -> None:
     """Put the run under ``webhooks`` in results.json (other runs kept), rewrite RESULTS.md."""
-    path = report.write_section(out, "webhooks", run)
-    for t in run["targets"]:
-        print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']} ({t['goal']})")
-    print(f"wrote {path}, {out / 'RESULTS.md'}")
+    report.write_and_tell(out, "webhooks", run, run["targets"])
 
 
 if __name__ == "__main__":
