@@ -9,6 +9,7 @@ Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated
     uv run python -m bench serve      # `reauth serve` under load (bench/serve.py, ~2 min)
     uv run python -m bench webhooks   # MX webhook intake and webhook-to-stream latency
     uv run python -m bench funnel     # `reauth report` over 1,000,000 episodes (bench/funnel.py)
+    uv run python -m bench all        # all four in one run, one page (~25 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         from bench import funnel
 
         funnel.main(argv[1:])
+        return
+    if argv[:1] == ["all"]:
+        run_all(argv[1:])
         return
     args = parse(argv)
     started = time.perf_counter()
@@ -255,6 +259,37 @@ def main(argv: list[str] | None = None) -> None:
     write(results, args.out)
 
 
+def run_all(argv: list[str]) -> None:
+    """Every benchmark in one sitting, in the order of the page: pipeline, serve, webhooks,
+    funnel, all written to the same ``--out``; ``results["all"]`` records the sitting so the
+    page can say every table on it comes from one run. ``--quick`` is passed to the runs
+    that have a quick form (the pipeline and serve)."""
+    p = argparse.ArgumentParser(prog="python -m bench all", description=run_all.__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes for every run")
+    p.add_argument("--out", type=Path, default=HERE, help="where results.* and RESULTS.md go")
+    args = p.parse_args(argv)
+    from bench import funnel, serve, webhooks
+
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = time.perf_counter()
+    quick = ["--quick"] if args.quick else []
+    out = ["--out", str(args.out)]
+    # The pipeline's write() keeps older serve/webhooks/funnel figures; each later step
+    # replaces its own, so a step that fails leaves its section visibly older than "all".
+    main([*quick, *out])
+    serve.main([*quick, *out])
+    webhooks.main([*(["--seconds", "3"] if args.quick else []), *out])
+    funnel.main([*(["--episodes", "100000"] if args.quick else []), *out])
+    sitting = {
+        "command": "uv run python -m bench all" + (" --quick" if args.quick else ""),
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_s": round(time.perf_counter() - started, 1),
+    }
+    report.write_section(args.out, "all", sitting)
+    print(f"one run: {sitting['started_at']} to {sitting['finished_at']}")
+
+
 def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "results.json"
@@ -262,7 +297,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         # The serve, webhooks and funnel runs (python -m bench serve|webhooks|funnel) are run
         # on their own: keep their figures.
         kept = json.loads(previous.read_text())
-        for key in ("serve", "webhooks", "funnel"):
+        for key in ("serve", "webhooks", "funnel", "all"):
             if kept.get(key) and key not in results:
                 results[key] = kept[key]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.report_webhooks import webhooks_markdown
+from bench.report_webhooks import webhook_targets, webhooks_markdown
 
 #: The issue's targets (2 cores, 24 GiB).
 TARGET_E2E_PER_S = 1000.0
@@ -211,6 +211,54 @@ def markdown(results: dict[str, Any], kept: str = "") -> str:
     return f"{page.rstrip()}\n\n{kept}\n" if kept else page
 
 
+def _finished(results: dict[str, Any]) -> dict[str, str | None]:
+    """When each section's run finished (``YYYY-MM-DD HH:MM UTC``, so strings compare)."""
+    return {
+        "pipeline": results.get("finished_at"),
+        "serve": (results.get("serve") or {}).get("finished_at"),
+        "webhooks": (results.get("webhooks") or {}).get("finished_at"),
+        "funnel": (results.get("funnel") or {}).get("date"),
+    }
+
+
+def _in_sitting(results: dict[str, Any]) -> list[str]:
+    """The sections whose run finished inside the last ``python -m bench all`` sitting."""
+    sitting = results.get("all")
+    if not sitting:
+        return []
+    lo, hi = sitting["started_at"], sitting["finished_at"]
+    return [k for k, at in _finished(results).items() if at is not None and lo <= at <= hi]
+
+
+def _sitting(results: dict[str, Any]) -> list[str]:
+    """One line saying which sections come from one `python -m bench all` sitting (a section
+    re-run on its own afterwards is named as such, not passed off as part of it)."""
+    sitting = results.get("all")
+    if not sitting:
+        return []
+    inside = _in_sitting(results)
+    outside = [k for k, at in _finished(results).items() if at is not None and k not in inside]
+    line = (
+        f"One sitting: `{sitting['command']}` from {sitting['started_at']} to "
+        f"{sitting['finished_at']} ({sitting['duration_s'] / 60:.0f} min) produced the "
+        f"{', '.join(inside)} sections"
+    )
+    line += f"; {', '.join(outside)} were run on their own at other times." if outside else "."
+    return [line, ""]
+
+
+def _other_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The serve, webhook and funnel targets, for the one table at the top of the page."""
+    out: list[dict[str, Any]] = []
+    if results.get("serve"):
+        out += serve_targets(results["serve"])
+    if results.get("webhooks"):
+        out += webhook_targets(results["webhooks"])
+    if results.get("funnel"):
+        out.append(results["funnel"]["target"])
+    return out
+
+
 def _markdown(results: dict[str, Any]) -> str:
     if "rows" not in results:  # only a serve, webhooks or funnel run so far
         return "\n".join(
@@ -232,6 +280,7 @@ def _markdown(results: dict[str, Any]) -> str:
         f"Whole run: {results['duration_s']:.0f} s. Raw figures: `bench/results.json`; "
         "how to run: `bench/README.md`.",
         "",
+        *_sitting(results),
         "![members/s against MX latency and concurrency](results.png)",
         "",
         "## Targets",
@@ -240,7 +289,7 @@ def _markdown(results: dict[str, Any]) -> str:
             ["target", "measured", "goal", "met"],
             [
                 [t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"]
-                for t in targets(results)
+                for t in [*targets(results), *_other_targets(results)]
             ],
         ),
         "",

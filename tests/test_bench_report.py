@@ -347,3 +347,32 @@ def test_write_section_replaces_one_side_run_and_keeps_the_others(tmp_path: Any)
         k: v for k, v in real.items() if k != "funnel"
     }
     assert (tmp_path / "RESULTS.md").read_text() == report.markdown(stored)
+
+
+def test_one_sitting_names_its_sections_and_gathers_every_target() -> None:
+    """`python -m bench all` records its sitting; the page claims for it only the sections that
+    finished inside it, and the table at the top holds every surface's targets."""
+    results = _results()
+    results["finished_at"] = "2026-11-30 04:40 UTC"
+    serve = {**_serve(), "finished_at": "2026-11-30 04:45 UTC"}
+    serve["targets"] = report.serve_targets(serve)
+    results["serve"] = serve
+    hooks = {**_webhook_run(1200.0, 20.0, 1000, 1500.0), "finished_at": "2026-11-30 03:00 UTC"}
+    from bench import report_webhooks
+
+    hooks["targets"] = report_webhooks.webhook_targets(hooks)
+    results["webhooks"] = hooks
+    results["all"] = {
+        "command": "uv run python -m bench all",
+        "started_at": "2026-11-30 04:30 UTC",
+        "finished_at": "2026-11-30 04:55 UTC",
+        "duration_s": 1500.0,
+    }
+    page = report.markdown(results)
+    assert "produced the pipeline, serve sections; webhooks were run on their own" in page
+    top = page.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    assert "| GET reconnect page |" in top
+    assert "| CONNECTION_STATUS webhook to stream, p50 (1,000 events) |" in top
+    assert "| end to end at 100 ms |" in top
+    del results["all"]
+    assert "One sitting" not in report.markdown(results)
