@@ -18,6 +18,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -154,3 +156,20 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last!r}")
+
+
+def wait_until_answering(
+    proc: subprocess.Popen[Any], http: httpx.Client, *urls: str, timeout: float
+) -> None:
+    """Wait until a server we started answers every URL (any status), failing at once if it
+    exited and after ``timeout`` seconds if it never answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for url in urls:
+                http.get(url)
+            return
+        except httpx.TransportError:
+            assert proc.poll() is None, f"the server exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"the server did not answer within {timeout}s"
+            time.sleep(0.2)

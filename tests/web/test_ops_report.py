@@ -113,10 +113,9 @@ def test_reauth_serve_runs_both_listeners_and_stops_both(sqlite_url: str) -> Non
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
-    from tests.e2e.e2e_helpers import free_port
+    from tests.e2e.e2e_helpers import free_port, wait_until_answering
     from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
 
     root = Path(__file__).resolve().parents[2]
@@ -135,16 +134,13 @@ def test_reauth_serve_runs_both_listeners_and_stops_both(sqlite_url: str) -> Non
     )  # fmt: skip
     try:
         with httpx.Client(timeout=5) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    http.get(f"http://127.0.0.1:{public}/healthz")
-                    http.get(f"http://127.0.0.1:{ops}/ops/report")
-                    break
-                except httpx.TransportError:
-                    assert proc.poll() is None, "reauth serve exited"
-                    assert time.monotonic() < deadline, "reauth serve did not start"
-                    time.sleep(0.2)
+            wait_until_answering(
+                proc,
+                http,
+                f"http://127.0.0.1:{public}/healthz",
+                f"http://127.0.0.1:{ops}/ops/report",
+                timeout=30,
+            )
             auth = _basic(USER, PASSWORD)
             on_public = http.get(f"http://127.0.0.1:{public}/ops/report", headers=auth)
             denied = http.get(f"http://127.0.0.1:{ops}/ops/report")

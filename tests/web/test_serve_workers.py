@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.e2e.e2e_helpers import free_port
+from tests.e2e.e2e_helpers import free_port, wait_until_answering
 from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,16 +49,13 @@ def test_workers_share_the_port_and_all_stop_on_sigterm(sqlite_url: str) -> None
     proc = _serve(env, "--port", str(public), "--workers", "2")
     try:
         with httpx.Client(timeout=5) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    http.get(f"http://127.0.0.1:{public}/healthz")
-                    http.get(f"http://127.0.0.1:{ops}/ops/report")
-                    break
-                except httpx.TransportError:
-                    assert proc.poll() is None, "reauth serve exited"
-                    assert time.monotonic() < deadline, "reauth serve did not start"
-                    time.sleep(0.2)
+            wait_until_answering(
+                proc,
+                http,
+                f"http://127.0.0.1:{public}/healthz",
+                f"http://127.0.0.1:{ops}/ops/report",
+                timeout=60,
+            )
             children = psutil.Process(proc.pid).children()
             # Each answer reads the database in whichever process accepted the connection.
             close = {"Connection": "close"}  # a new connection each: either process may take it
