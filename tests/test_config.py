@@ -144,6 +144,22 @@ def test_leases_default_short_and_renewed_by_a_heartbeat() -> None:
     assert s.claim_heartbeat == timedelta(seconds=10)
 
 
+def test_queued_pages_get_a_longer_lease_that_cannot_be_shorter_than_the_claim_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page waiting in the queue keeps its members 10 min by default; a queued lease shorter
+    than the running one is refused, naming both variables."""
+    assert load_settings().claim_queued_lease == timedelta(minutes=10)
+    monkeypatch.setenv("REAUTH_CLAIM_QUEUED_LEASE", "29s")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "REAUTH_CLAIM_QUEUED_LEASE" in str(info.value)
+    assert "REAUTH_CLAIM_LEASE" in str(info.value)
+    monkeypatch.delenv("REAUTH_CLAIM_QUEUED_LEASE")
+    monkeypatch.setenv("REAUTH_CLAIM_LEASE", "1h")  # only the running lease raised: follows it
+    assert load_settings().claim_queued_lease == timedelta(hours=1)
+
+
 @pytest.mark.parametrize("lease", ["REAUTH_CLAIM_LEASE", "REAUTH_NOTIFY_LEASE"])
 def test_lease_shorter_than_three_heartbeats_is_refused(
     monkeypatch: pytest.MonkeyPatch, lease: str

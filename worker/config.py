@@ -137,6 +137,7 @@ _DURATION_RANGES: dict[str, tuple[timedelta, timedelta, str]] = {
     "scan_interval": (timedelta(seconds=1), timedelta(days=1), ""),
     # A lease of zero or less is no lease: a rerun took members a running scan held.
     "claim_lease": (timedelta(seconds=1), timedelta(days=1), ""),
+    "claim_queued_lease": (timedelta(seconds=1), timedelta(days=1), ""),
     "notify_lease": (timedelta(seconds=1), timedelta(days=1), ""),
     # Below a minute nearly every link would be regenerated again before delivery; zero or less
     # and nothing is ever delivered.
@@ -518,6 +519,12 @@ class Settings(BaseSettings):
     scan_interval: timedelta = timedelta(minutes=5)
     batch_size: int = Field(default=100, ge=1, le=5000)
     claim_lease: timedelta = timedelta(seconds=30)
+    #: The lease of a page claimed and handed to the Celery queue, until a worker starts it
+    #: (then REAUTH_CLAIM_LEASE with heartbeats). Long, because nobody can renew a page that
+    #: waits in the queue: with the short lease a backlog longer than 30 s was re-claimed by
+    #: the sweeper and queued twice. It bounds how late a page whose message was lost (a
+    #: Redis restart without persistence) is taken again.
+    claim_queued_lease: timedelta = timedelta(minutes=10)
     #: How often a live batch (and the relay) renews its leases; also the sweeper's period.
     claim_heartbeat: timedelta = timedelta(seconds=10)
     task_time_limit: int = Field(default=90, ge=5, le=86_400)
@@ -887,6 +894,17 @@ class Settings(BaseSettings):
                     f"({getattr(self, name).total_seconds():g}s < 3 x "
                     f"{self.claim_heartbeat.total_seconds():g}s)"
                 )
+        if self.claim_queued_lease < self.claim_lease:
+            if "claim_queued_lease" not in self.model_fields_set:
+                # Only REAUTH_CLAIM_LEASE was raised: a queued page keeps at least that
+                # (settings are frozen once built; this is still building them).
+                object.__setattr__(self, "claim_queued_lease", self.claim_lease)
+                return self
+            raise ValueError(
+                "REAUTH_CLAIM_QUEUED_LEASE must be at least REAUTH_CLAIM_LEASE "
+                f"({self.claim_queued_lease.total_seconds():g}s < "
+                f"{self.claim_lease.total_seconds():g}s)"
+            )
         return self
 
     @field_validator("reminder_schedule")

@@ -18,6 +18,7 @@ import gc
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -136,6 +137,12 @@ class Runtime:
 
                 self._sink = TracedSink(self._sink)
         return self._sink
+
+    @property
+    def handoff_lease(self) -> timedelta:
+        """The lease of members claimed for a batch that is handed on: queued Celery messages
+        wait unrenewed (REAUTH_CLAIM_QUEUED_LEASE); inline batches start at once."""
+        return self.settings.claim_lease if self.inline else self.settings.claim_queued_lease
 
     @property
     def followups(self) -> Followups:

@@ -39,6 +39,7 @@ STREAM = "reauth:notifications"
 #: Short leases and fast retries so crashed work is retaken within seconds.
 FAST = {
     "REAUTH_CLAIM_LEASE": "3s",
+    "REAUTH_CLAIM_QUEUED_LEASE": "3s",
     "REAUTH_NOTIFY_LEASE": "3s",
     "REAUTH_CLAIM_HEARTBEAT": "1s",
     "REAUTH_VISIBILITY_TIMEOUT": "30",

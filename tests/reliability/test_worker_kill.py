@@ -154,7 +154,8 @@ def test_killed_batch_is_retaken_within_45_s_by_the_claim_sweeper(
     engines: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Production leases and schedule: a 30 s claim renewed every 10 s by the batch's heartbeat,
+    """Production leases and schedule: a 30 s claim renewed every 10 s by the batch's heartbeat
+    (10 min while its page waits in the queue),
     beat with its 5-minute scan and the claim sweeper, Redis's visibility timeout at its 600 s
     default. The worker is SIGKILLed mid-batch right after a heartbeat (the worst moment); every
     member is notified and delivered at most 45 s after the kill (lease + one sweep + the
@@ -166,6 +167,7 @@ def test_killed_batch_is_retaken_within_45_s_by_the_claim_sweeper(
         db_url=pg_url,
         redis_url=broker_url,
         REAUTH_CLAIM_LEASE="30s",
+        REAUTH_CLAIM_QUEUED_LEASE="10m",
         REAUTH_NOTIFY_LEASE="30s",
         REAUTH_CLAIM_HEARTBEAT="10s",
         REAUTH_SCAN_INTERVAL="5m",

@@ -338,6 +338,69 @@ def test_claim_sweeper_rescans_only_when_a_claim_ran_out(runtime: Runtime) -> No
     assert jobs.sweep_claims(runtime, clock=lambda: later) is None
 
 
+def test_pages_waiting_in_the_queue_are_not_reclaimed_by_the_sweeper(
+    db_url: str, sandbox: RunningSandbox
+) -> None:
+    """A scan that queues its pages gives them REAUTH_CLAIM_QUEUED_LEASE (nobody renews a
+    page waiting in the queue): a backlog longer than REAUTH_CLAIM_LEASE is not claimed and
+    queued a second time by the sweeper; a page whose message was lost is taken again once the
+    queued lease has run out. An inline scan, which starts each page at once, keeps the short
+    lease."""
+    from tests.pipeline_helpers import make_settings
+    from worker.service import scan
+
+    settings = make_settings(
+        db_url,
+        sandbox,
+        batch_size=5,
+        claim_lease=timedelta(seconds=30),
+        claim_queued_lease=timedelta(minutes=10),
+    )
+    queued = Runtime(settings)  # Celery follow-ups: pages wait in the queue
+    try:
+        populate(queued.engine, 12, utc_now())
+        now = utc_now()
+        pages: list[list[int]] = []
+        result = run_scan(queued, lambda ids, _owner: pages.append(ids), clock=lambda: now)
+        assert result.claimed == 12
+        assert len(pages) == 3
+        again: list[list[int]] = []
+
+        def hand_on(ids: list[int], _owner: str) -> None:
+            again.append(ids)
+
+        # Past the short lease, the queued pages are still theirs: nothing to sweep.
+        past_lease = now + settings.claim_lease + timedelta(seconds=1)
+        assert scan.sweep(queued, hand_on, clock=lambda: past_lease) is None
+        # The messages were lost: once the queued lease runs out the sweeper takes them again.
+        past_queue = now + settings.claim_queued_lease + timedelta(seconds=1)
+        swept = scan.sweep(queued, hand_on, clock=lambda: past_queue)
+        assert swept is not None
+        assert swept.claimed == 12
+        assert sorted(i for page in again for i in page) == sorted(i for p in pages for i in p)
+        with queued.engine.connect() as conn:
+            expiries = set(conn.execute(select(Member.claim_expires_at)).scalars())
+        assert len(expiries) == 1
+        (expiry,) = expiries
+        assert expiry is not None
+        assert abs(_aware(expiry) - (past_queue + settings.claim_queued_lease)).total_seconds() < 1
+    finally:
+        queued.close()
+    inline = Runtime(settings, inline=True)
+    try:
+        assert inline.handoff_lease == settings.claim_lease
+        assert queued.handoff_lease == settings.claim_queued_lease
+    finally:
+        inline.close()
+
+
+def _aware(t: Any) -> Any:
+    """SQLite gives naive UTC datetimes back; PostgreSQL aware ones."""
+    from datetime import UTC
+
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
 def _age_episode(runtime: Runtime, hours: int) -> None:
     """Move the member's episode back in time, so its next reminder is due now."""
     started = utc_now() - timedelta(hours=hours)

@@ -195,7 +195,7 @@ def rerun(
                     s,
                     now=now,
                     owner=owner,
-                    lease=settings.claim_lease,
+                    lease=rt.handoff_lease,
                     limit=settings.batch_size,
                     member_ids=ids[start : start + settings.batch_size],
                 )

@@ -123,7 +123,7 @@ def _claim_pages(
                     s,
                     now=now,
                     owner=owner,
-                    lease=rt.settings.claim_lease,
+                    lease=rt.handoff_lease,
                     limit=want,
                     after=after,
                 )
@@ -213,7 +213,7 @@ def _claim_for_reason(
         s,
         now=now,
         owner=owner,
-        lease=rt.settings.claim_lease,
+        lease=rt.handoff_lease,
         limit=len(matching),
         member_ids=matching,
     )

@@ -438,7 +438,7 @@ def claim_due(rt: Runtime, ids: list[int], now: datetime) -> tuple[list[int], st
     owner = leases.new_owner()
     with session_scope(rt.sessions) as s:
         page = members.claim_due(
-            s, now=now, owner=owner, lease=rt.settings.claim_lease, limit=len(ids),
+            s, now=now, owner=owner, lease=rt.handoff_lease, limit=len(ids),
             member_ids=ids,
         )  # fmt: skip
     return page.ids, owner
