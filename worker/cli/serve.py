@@ -62,7 +62,7 @@ def serve(
 
     from worker.runtime import Runtime
     from worker.serving import reuse_port_socket, uvicorn_config
-    from worker.web.app import PING_IDLE_AFTER_S, create_app
+    from worker.web.app import DB_THREADS, PING_IDLE_AFTER_S, create_app
     from worker.web.ops import create_ops_app
 
     settings = setup()
@@ -82,7 +82,7 @@ def serve(
 
         # One process: its own registry (clicks, webhook intake, MX calls of the presses).
         metrics.serve(settings.metrics_port)
-    rt = Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S)
+    rt = Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S, pool_size=DB_THREADS)
     try:
         # No access log: request paths carry reconnect tokens.
         public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
@@ -112,10 +112,13 @@ def process_app() -> Any:
     """The app of one process of ``reauth serve --workers N`` (uvicorn calls this in each process
     it starts): settings and logging from the environment, its own runtime, closed at shutdown."""
     from worker.runtime import Runtime
-    from worker.web.app import PING_IDLE_AFTER_S, create_app
+    from worker.web.app import DB_THREADS, PING_IDLE_AFTER_S, create_app
 
     settings = setup()
-    return create_app(Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S), close_runtime=True)
+    return create_app(
+        Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S, pool_size=DB_THREADS),
+        close_runtime=True,
+    )
 
 
 def serve_processes(

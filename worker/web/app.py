@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlencode, urlsplit
 
 import structlog
+from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -40,6 +41,13 @@ log = structlog.get_logger(__name__)
 #: ``reauth serve`` pings a pooled database connection only after it sat idle this long, not on
 #: every checkout (a round trip per request otherwise; see store.db.make_engine).
 PING_IDLE_AFTER_S = 10.0
+
+#: Threads running database work in each process of ``reauth serve`` (Starlette's default is 40),
+#: and the size of its connection pool to match. With more threads than pooled connections,
+#: concurrent requests checked out overflow connections that the pool closed again on return:
+#: under load one new PostgreSQL connection (a server process started and torn down) per ~8
+#: pages. The work is short (one statement, one small transaction), so 10 is plenty.
+DB_THREADS = 10
 
 
 def _origin(url: str) -> str:
@@ -309,6 +317,8 @@ def create_app(rt: Runtime, *, close_runtime: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # The limiter is per event loop: this server's, which runs every run_in_threadpool.
+        to_thread.current_default_thread_limiter().total_tokens = DB_THREADS
         yield
         # The MX client's connections live on this server's loop: close them here.
         await rt.aclose_mx()
