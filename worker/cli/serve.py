@@ -60,7 +60,7 @@ def serve(
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
     import uvicorn
 
-    from worker.runtime import Runtime
+    from worker.runtime import Runtime, tune_gc
     from worker.serving import reuse_port_socket, uvicorn_config
     from worker.web.app import DB_THREADS, PING_IDLE_AFTER_S, create_app
     from worker.web.ops import create_ops_app
@@ -86,6 +86,7 @@ def serve(
     try:
         # No access log: request paths carry reconnect tokens.
         public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
+        tune_gc()  # as each process of --workers N does (process_app)
         # With --reuse-port every process binds its listeners with SO_REUSEPORT.
         public_sockets = [reuse_port_socket(host, port)] if reuse_port else None
         if not settings.ops_enabled:
