@@ -49,11 +49,12 @@ T = TypeVar("T")
 #: every checkout (a round trip per request otherwise; see store.db.make_engine).
 PING_IDLE_AFTER_S = 10.0
 
-#: Threads running database work in each process of ``reauth serve`` (Starlette's default is 40),
-#: and the size of its connection pool to match. With more threads than pooled connections,
-#: concurrent requests checked out overflow connections that the pool closed again on return:
-#: under load one new PostgreSQL connection (a server process started and torn down) per ~8
-#: pages. The work is short (one statement, one small transaction), so 10 is plenty.
+#: Threads running the routes' database work in each process of ``reauth serve`` (Starlette's
+#: thread pool has 40; it is capped to this too, for the webhook intake), and the size of the
+#: connection pool to match. With more threads than pooled connections, concurrent requests
+#: checked out overflow connections that the pool closed again on return: under load one new
+#: PostgreSQL connection (a server process started and torn down) per ~8 pages. The work is
+#: short (one statement, one small transaction), so 10 is plenty.
 DB_THREADS = 10
 
 
@@ -339,7 +340,7 @@ def create_app(rt: Runtime, *, close_runtime: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        # The limiter is per event loop: this server's, which runs every run_in_threadpool.
+        # Per event loop (this server's): the webhook intake's run_in_threadpool.
         to_thread.current_default_thread_limiter().total_tokens = DB_THREADS
         yield
         # The MX client's connections live on this server's loop: close them here.
