@@ -541,6 +541,12 @@ def _loadavg(v: list[float] | None) -> str:
 SERVE_FINDINGS = Path(__file__).resolve().parent / "serve_findings.md"
 
 
+def _serve_clients(cfg: dict[str, Any]) -> str:
+    if cfg.get("client", "aiohttp") == "wrk":
+        return "GET: wrk; POST: aiohttp on uvloop"
+    return "aiohttp on uvloop"
+
+
 def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
     """The serve run's section of RESULTS.md (nothing when there is no serve run)."""
     if not serve:
@@ -559,7 +565,7 @@ def serve_markdown(serve: dict[str, Any] | None) -> list[str]:
         f"with uvloop {env.get('uvloop')} and httptools {env.get('httptools')}). "
         f"`reauth serve --workers {cfg.get('workers', 1)}`. "
         f"Whole run: {serve['duration_s']:.0f} s. Servers, the MX sandbox and the load "
-        "generator (aiohttp on uvloop) are separate processes on the same two cores, with "
+        f"generators ({_serve_clients(cfg)}) are separate processes on the same two cores, with "
         "PostgreSQL and Redis. `other` in the CPU columns is what processes outside the "
         "benchmark used meanwhile (load average at the start "
         f"{_loadavg(env.get('loadavg_start'))}, at the end {_loadavg(env.get('loadavg_end'))}).",

@@ -8,8 +8,10 @@ generator are separate processes on 127.0.0.1:
 * ``reauth serve`` (``python -m worker serve``) with REAUTH_* pointing at PostgreSQL, Redis
   and the sandbox, on uvicorn with uvloop and httptools;
 * the baseline: a trivial Starlette page (bench/hello.py) on the same uvicorn configuration;
-* the load generator (bench/loadgen.py), aiohttp on uvloop, fed a JSON job on stdin, writing
-  its result to a file.
+* the load generators: Debian's ``wrk`` (C) for the GET runs when installed (``--client``;
+  bench/serve_get.lua), bench/loadgen.py (aiohttp on uvloop, fed a JSON job on stdin, writing
+  its result to a file) for the POST runs and for GET without wrk. wrk costs ~0.02 ms of CPU
+  per request on the cores the server shares, aiohttp ~0.2 ms.
 
 What one run measures:
 
@@ -37,6 +39,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -52,6 +56,8 @@ import psutil
 from bench import infra, report
 
 HERE = Path(__file__).resolve().parent
+#: Debian's wrk (C): the GET runs' load generator when installed (`--client`).
+WRK = shutil.which("wrk")
 #: A reconnect key for the run (not a secret: the database is thrown away).
 SECRET = "bench-reconnect-key-" + "0" * 24
 
@@ -61,6 +67,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 s runs instead of 10 s")
     p.add_argument("--seconds", type=float, help="length of each measured run (10; quick 3)")
     p.add_argument("--concurrency", type=int, default=32, help="GET connections (32)")
+    p.add_argument(
+        "--client",
+        choices=["wrk", "aiohttp"],
+        default="wrk" if WRK else "aiohttp",
+        help="load generator of the GET runs: wrk (C, ~0.02 ms of CPU per request; the default "
+        "when installed) or bench/loadgen.py (aiohttp, ~0.2 ms)",
+    )
     p.add_argument(
         "--workers", type=int, default=1, help="`reauth serve --workers N` processes (1)"
     )
@@ -249,6 +262,52 @@ def load(job: dict[str, Any], timeout: float) -> dict[str, Any]:
     return result
 
 
+def wrk_load(urls: list[str], concurrency: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """A closed-loop GET run under wrk (bench/serve_get.lua cycles through ``urls``, all on one
+    origin): a warm-up run, then the measured one. Returns what bench/loadgen.py's closed mode
+    returns (``answered_total`` counts the warm-up too), its CPU time included."""
+    import resource
+
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(urls[0]))
+    body_bytes = len(httpx.get(urls[0], timeout=10).content)
+    started = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="reauth-wrk-") as tmp:
+        paths = Path(tmp) / "paths.txt"
+        paths.write_text("".join(u[len(origin) :] + "\n" for u in urls))
+        for length in (warmup, seconds):
+            cmd = [
+                str(WRK), "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(length))}s",
+                "--timeout", "10s", "-s", str(HERE / "serve_get.lua"), origin, "--", str(paths),
+            ]  # fmt: skip
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=length + 60, check=True
+            ).stdout
+            line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+            runs.append(json.loads(line.removeprefix("WRK_JSON ")))
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = runs[-1]
+    n, bad = int(res["requests"]), int(res["non_2xx"])
+    errors = sum(int(res[k]) for k in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+    statuses = {"2xx": n - bad} | ({"not 2xx": bad} if bad else {})
+    return {
+        "client": "wrk",
+        "requests": n,
+        "seconds": round(res["duration_us"] / 1e6, 2),
+        "per_s": round(n / (res["duration_us"] / 1e6), 1),
+        "statuses": statuses | ({"socket errors": errors} if errors else {}),
+        "p50_ms": round(res["p50_us"] / 1000, 2),
+        "p99_ms": round(res["p99_us"] / 1000, 2),
+        "body_bytes": body_bytes,
+        "answered_total": sum(int(r["requests"]) for r in runs),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "loadgen_cpu_s": round(
+            used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime, 3
+        ),
+    }
+
+
 # --- the runs -------------------------------------------------------------------------------------
 
 
@@ -326,7 +385,10 @@ def get_run(
         "warmup": 2.0,
     }
     cpu0 = cpu_snapshot(proc, sb)
-    res = load(job, timeout=args.seconds + 60)
+    if args.client == "wrk":
+        res = wrk_load(urls, args.concurrency, args.seconds, warmup=2.0)
+    else:
+        res = load(job, timeout=args.seconds + 60)
     cpu1 = cpu_snapshot(proc, sb)
     # CPU is counted over the whole job (warm-up included), so it is divided by every request
     # answered in it.
@@ -461,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": {
             "seconds": args.seconds,
             "concurrency": args.concurrency,
+            "client": args.client,
             "workers": args.workers,
             "rates": sorted(args.rates),
             "latency_s": args.latency,

@@ -76,6 +76,9 @@ class Runtime:
     #: Ping pooled PostgreSQL connections only after this many idle seconds, not on every
     #: checkout (``reauth serve``: see store.db.make_engine). None: ping every checkout.
     ping_idle_after: float | None = None
+    #: Pooled PostgreSQL connections kept open (None: SQLAlchemy's 5). ``reauth serve`` sizes it
+    #: to its database threads (web.app.DB_THREADS).
+    pool_size: int | None = None
     _engine: Engine | None = field(default=None, init=False, repr=False)
     _sessions: sessionmaker[Session] | None = field(default=None, init=False, repr=False)
     _runner: asyncio.Runner | None = field(default=None, init=False, repr=False)
@@ -92,7 +95,9 @@ class Runtime:
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = make_engine(
-                self.settings.database_url, ping_idle_after=self.ping_idle_after
+                self.settings.database_url,
+                ping_idle_after=self.ping_idle_after,
+                pool_size=self.pool_size,
             )
             tracing.instrument_engine(self._engine)  # no-op unless tracing is on
         return self._engine

@@ -80,3 +80,23 @@ def test_every_checkout_pings_by_default(pg_url: str) -> None:
         assert _backend_pid(engine) != pid  # pool_pre_ping: replaced without an error
     finally:
         engine.dispose()
+
+
+def test_concurrent_checkouts_up_to_pool_size_reuse_their_connections(pg_url: str) -> None:
+    # reauth serve sizes its pool to its database threads (web.app.DB_THREADS): with fewer
+    # pooled connections than concurrent checkouts, the overflow ones were closed on return and
+    # opened again on the next burst (a PostgreSQL process started per ~8 pages under load).
+    engine = make_engine(pg_url, ping_idle_after=60.0, pool_size=8)
+    try:
+        seen: list[set[int]] = []
+        for _ in range(2):
+            conns = [engine.connect() for _ in range(8)]
+            seen.append(
+                {int(c.execute(text("SELECT pg_backend_pid()")).scalar_one()) for c in conns}
+            )
+            for c in conns:
+                c.close()
+        assert len(seen[0]) == 8
+        assert seen[1] == seen[0]  # the same eight server processes: none closed, none opened
+    finally:
+        engine.dispose()

@@ -60,9 +60,9 @@ def serve(
     """Serve reconnect links: GET /r/{token} shows a page, POST asks MX for a fresh URI."""
     import uvicorn
 
-    from worker.runtime import Runtime
+    from worker.runtime import Runtime, tune_gc
     from worker.serving import reuse_port_socket, uvicorn_config
-    from worker.web.app import PING_IDLE_AFTER_S, create_app
+    from worker.web.app import DB_THREADS, PING_IDLE_AFTER_S, create_app
     from worker.web.ops import create_ops_app
 
     settings = setup()
@@ -82,10 +82,11 @@ def serve(
 
         # One process: its own registry (clicks, webhook intake, MX calls of the presses).
         metrics.serve(settings.metrics_port)
-    rt = Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S)
+    rt = Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S, pool_size=DB_THREADS)
     try:
         # No access log: request paths carry reconnect tokens.
         public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
+        tune_gc()  # as each process of --workers N does (process_app)
         # With --reuse-port every process binds its listeners with SO_REUSEPORT.
         public_sockets = [reuse_port_socket(host, port)] if reuse_port else None
         if not settings.ops_enabled:
@@ -112,10 +113,13 @@ def process_app() -> Any:
     """The app of one process of ``reauth serve --workers N`` (uvicorn calls this in each process
     it starts): settings and logging from the environment, its own runtime, closed at shutdown."""
     from worker.runtime import Runtime
-    from worker.web.app import PING_IDLE_AFTER_S, create_app
+    from worker.web.app import DB_THREADS, PING_IDLE_AFTER_S, create_app
 
     settings = setup()
-    return create_app(Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S), close_runtime=True)
+    return create_app(
+        Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S, pool_size=DB_THREADS),
+        close_runtime=True,
+    )
 
 
 def serve_processes(

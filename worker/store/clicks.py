@@ -14,6 +14,9 @@ from models import Click, Member, Notification
 from worker.store.db import storage_error
 
 _CLICKS = cast(Table, Click.__table__)  # a mapped class's table
+#: The table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery. Built
+#: once, its values bound per call (``.values(...)`` would build a new statement every time).
+_INSERT = insert(_CLICKS)
 
 
 def link_target(session: Session, notification_id: uuid.UUID) -> tuple[Notification, Member] | None:
@@ -122,8 +125,7 @@ def add(
         "episode": episode, "outcome": outcome, "referral_source": referral_source,
         "created_at": now,
     }  # fmt: skip
-    # The table, not the mapped class: a Core INSERT skips the ORM's bulk-insert machinery.
-    session.execute(insert(_CLICKS).values(values))
+    session.execute(_INSERT, values)
     return click_id
 
 

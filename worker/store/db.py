@@ -24,7 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.errors import ConfigError, StorageError
 
 
-def make_engine(url: str, *, ping_idle_after: float | None = None, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, ping_idle_after: float | None = None, pool_size: int | None = None, **kwargs: Any
+) -> Engine:
     """Create an engine for ``url`` with the settings this service relies on.
 
     SQLite gets a busy timeout and WAL so the embedded default tolerates a CLI next to a worker;
@@ -32,6 +34,7 @@ def make_engine(url: str, *, ping_idle_after: float | None = None, **kwargs: Any
     With ``ping_idle_after`` (seconds), only a connection that sat idle in the pool longer than
     that is pinged (see :func:`_ping_when_idle`): for ``reauth serve``, whose requests are one
     short statement or transaction each, where a ping per checkout is a round trip per request.
+    ``pool_size`` (PostgreSQL): connections kept open, SQLAlchemy's default (5) when None.
     """
     try:
         if url.startswith("sqlite"):
@@ -57,6 +60,8 @@ def make_engine(url: str, *, ping_idle_after: float | None = None, **kwargs: Any
                 conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
             return engine
+        if pool_size is not None:
+            kwargs["pool_size"] = pool_size
         if ping_idle_after is None:
             return create_engine(url, pool_pre_ping=True, **kwargs)
         engine = create_engine(url, **kwargs)

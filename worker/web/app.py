@@ -7,13 +7,18 @@ with the workers. Nothing it logs carries a token or a URI (uvicorn's access log
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import structlog
+from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -37,14 +42,32 @@ from worker.web import pages, webhooks
 
 log = structlog.get_logger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 #: ``reauth serve`` pings a pooled database connection only after it sat idle this long, not on
 #: every checkout (a round trip per request otherwise; see store.db.make_engine).
 PING_IDLE_AFTER_S = 10.0
+
+#: Threads running the routes' database work in each process of ``reauth serve`` (Starlette's
+#: thread pool has 40; it is capped to this too, for the webhook intake), and the size of the
+#: connection pool to match. With more threads than pooled connections, concurrent requests
+#: checked out overflow connections that the pool closed again on return: under load one new
+#: PostgreSQL connection (a server process started and torn down) per ~8 pages. The work is
+#: short (one statement, one small transaction), so 10 is plenty.
+DB_THREADS = 10
 
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _path(request: Request) -> str:
+    """The request's path as ``request.url.path`` gives it (the same escapes), without building
+    and parsing a whole URL: that was a tenth of a page's CPU."""
+    path: str = request.scope["path"]
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
 def security_headers(nonce: str, *, form_action: str, hsts: bool) -> dict[str, str]:
@@ -78,6 +101,16 @@ class ReconnectApp:
         # MX hands out bank authorize pages on any host, so https: as a whole is allowed.
         self.form_action = "'self' https:" + (" http:" if settings.allow_insecure_urls else "")
         self.confirmer = reconnect.Confirmer(rt)
+        # The routes' database work, on threads of their own: the loop hands a call to the
+        # executor directly (anyio's run_sync, behind Starlette's run_in_threadpool, cost about
+        # as much CPU per page as the page's read itself).
+        self.threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="reauth-db")
+
+    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` on a database thread, in a copy of this task's context."""
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.threads, lambda: ctx.run(fn, *args, **kwargs))
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -121,7 +154,7 @@ class ReconnectApp:
 
     async def view(self, token: str) -> reconnect.LinkView | Response:
         try:
-            return await run_in_threadpool(reconnect.open_link, self.rt, token, utc_now())
+            return await self.db(reconnect.open_link, self.rt, token, utc_now())
         except reconnect.LinkExpired:
             return self.expired()
         except reconnect.LinkNotFound:
@@ -135,7 +168,7 @@ class ReconnectApp:
         if signin and "from_signin" not in request.query_params:
             # The app's own sign-in first; it sends the person on to ``next``. A gate for the
             # experience, not a security boundary (the link itself is the bearer credential).
-            here = f"{self.rt.settings.public_url}{request.url.path}?from_signin=1"
+            here = f"{self.rt.settings.public_url}{_path(request)}?from_signin=1"
             return RedirectResponse(
                 f"{signin}?{urlencode({'next': here})}", status_code=303, headers=self.headers("")
             )
@@ -144,7 +177,7 @@ class ReconnectApp:
             return found
         if not found.open:
             return self.closed(found.institution)
-        action = request.url.path
+        action = _path(request)
         return self.html(
             200,
             lambda nonce: pages.reconnect(
@@ -168,10 +201,10 @@ class ReconnectApp:
             return self.not_found(json=True) if wants_json and found.status_code == 404 else found
         now = utc_now()
         if not found.open:
-            await run_in_threadpool(reconnect.record_closed, self.rt, found, now, "closed")
+            await self.db(reconnect.record_closed, self.rt, found, now, "closed")
             return self.closed(found.institution, json=wants_json)
         if not reconnect.allowed_to_mint(self.rt, found):
-            await run_in_threadpool(reconnect.record_closed, self.rt, found, now, "rate_limited")
+            await self.db(reconnect.record_closed, self.rt, found, now, "rate_limited")
             return self.message(
                 429, "Too many tries", "Please wait a while before trying again.", json=wants_json
             )
@@ -182,9 +215,7 @@ class ReconnectApp:
         except MxError as exc:
             result = exc
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        minted = await run_in_threadpool(
-            reconnect.record_mint, self.rt, found, result, utc_now(), latency_ms
-        )
+        minted = await self.db(reconnect.record_mint, self.rt, found, result, utc_now(), latency_ms)
         if minted.uri is None:
             return self.message(
                 503, "Your bank can't be reached right now", "Please try again in a few minutes.",
@@ -213,7 +244,7 @@ class ReconnectApp:
         now = utc_now()
         status, reason = reconnect.parse_report(body.get("status"), body.get("error_reason"))
         click = reconnect.click_from_token(self.rt, body.get("click"), now)
-        await run_in_threadpool(
+        await self.db(
             reconnect.record_report, self.rt, found, reconnect.Report(status, reason, click), now
         )
         if status != "success":
@@ -238,7 +269,7 @@ class ReconnectApp:
         q = request.query_params
         now = utc_now()
         status, reason = reconnect.parse_report(q.get("status"), q.get("error_reason"))
-        target = await run_in_threadpool(
+        target = await self.db(
             lambda: reconnect.app_return(
                 self.rt, q.get("state"), q.get("member_guid"),
                 report=reconnect.Report(status, reason), now=now,
@@ -266,7 +297,7 @@ class ReconnectApp:
     async def readyz(self, request: Request) -> Response:
         """Ready when the database and (if configured) Redis answer."""
         try:
-            await run_in_threadpool(_ping, self.rt)
+            await self.db(_ping, self.rt)
         except (ReauthError, OSError) as exc:
             log.warning("readyz.failed", error=type(exc).__name__)
             return PlainTextResponse(f"not ready: {exc}", status_code=503)
@@ -309,9 +340,12 @@ def create_app(rt: Runtime, *, close_runtime: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # Per event loop (this server's): the webhook intake's run_in_threadpool.
+        to_thread.current_default_thread_limiter().total_tokens = DB_THREADS
         yield
         # The MX client's connections live on this server's loop: close them here.
         await rt.aclose_mx()
+        await run_in_threadpool(routes.threads.shutdown)  # after the calls in flight
         if close_runtime:
             await run_in_threadpool(rt.close)  # the database pool, the sink
 
