@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -55,6 +57,41 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _uncached_loggers() -> Iterator[None]:
+    """Commands run in-process configure structlog with ``cache_logger_on_first_use`` (right for
+    a process, which configures once), and a logger cached then is invisible to every later
+    ``structlog.testing.capture_logs`` (structlog documents the limit): a test that asserts on
+    log lines passed alone and failed after a CLI test. Tests keep the configuration, uncached."""
+    import structlog
+
+    original = structlog.configure
+
+    def configure(**settings: Any) -> None:
+        original(**{**settings, "cache_logger_on_first_use": False})
+
+    structlog.configure = configure  # type: ignore[assignment]
+    yield
+    structlog.configure = original
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """A command run in-process configures logging for the whole interpreter: its bound-logger
+    class drops INFO lines when the stdlib level says so (Python's default root level is
+    WARNING) before any processor, capture_logs included. Give the next test the root logger
+    and structlog's configuration as this one found them."""
+    import structlog
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    config = structlog.get_config()
+    yield
+    root.setLevel(level)
+    root.handlers = handlers
+    structlog.configure(**config)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
