@@ -23,8 +23,9 @@ What one run measures:
    204 must be a stored row).
 2. **webhook → stream** — M members seeded CONNECTED (known to the service), the sandbox
    answering DENIED for them, their MX users' sessions already made (as in a running
-   service); a Celery worker (prefork, ``-c`` cores) runs the apply task and the regenerate
-   and relay tasks it hands on; M CONNECTION_STATUS webhooks are posted in an
+   service); the production profile of workers: the main Celery worker (prefork, ``-c`` cores,
+   every queue) runs the regenerate batches, and the events worker (``-Q reauth.events -c 1``)
+   the apply task and the relay; M CONNECTION_STATUS webhooks are posted in an
    open loop at ``--e2e-rate``; each notification's arrival is the millisecond timestamp of its
    Redis stream entry id, its start the moment its webhook was due to be sent.
 """
@@ -274,12 +275,8 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
     ]  # fmt: skip
     with (
         serve_processes(env, port, args.serve_workers[-1], logs),
-        infra.celery_worker(
-            env, app="worker.celery_app", queue="reauth", concurrency=args.processes,
-            log=logs / "celery.log", name="bench-webhooks",
-        ) as worker,
+        infra.reauth_workers(env, processes=args.processes, logs=logs, name="bench-webhooks"),
     ):  # fmt: skip
-        infra.wait_pool_ready(worker, args.processes)
         time.sleep(1.0)
         t0 = time.perf_counter()
         res = load(
