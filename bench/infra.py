@@ -359,14 +359,15 @@ def wait_pool_ready(proc: subprocess.Popen[bytes], concurrency: int, timeout: fl
 
 @contextlib.contextmanager
 def reauth_workers(
-    env: dict[str, str], *, processes: int, logs: Path, name: str
+    env: dict[str, str], *, processes: int, logs: Path, name: str, main_queue: str | None = None
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The production profile, ready to consume: the main worker (every queue, ``processes``
-    pool processes) and a dedicated events worker (``-Q reauth.events -c 1``). Yields both;
-    measure the trees of both (:class:`PeakRss` takes several roots)."""
+    """The production profile, ready to consume: the main worker (every queue unless
+    ``main_queue``, ``processes`` pool processes) and a dedicated events worker (``-Q
+    reauth.events -c 1``). Yields both; measure the trees of both (:class:`PeakRss` takes
+    several roots)."""
     with (
         celery_worker(
-            env, app="worker.celery_app", queue=None, concurrency=processes,
+            env, app="worker.celery_app", queue=main_queue, concurrency=processes,
             log=logs / f"{name}.log", name=name,
         ) as main,
         celery_worker(

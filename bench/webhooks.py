@@ -85,6 +85,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="Celery -c")
     p.add_argument("--batch-size", type=int, default=100, help="REAUTH_BATCH_SIZE (100)")
     p.add_argument("--mx-concurrency", type=int, default=64, help="REAUTH_MX_MAX_CONCURRENCY (64)")
+    p.add_argument(
+        "--main-queue", default=None,
+        help="-Q of the main worker in the latency run (default: every queue, as in production)",
+    )  # fmt: skip
     p.add_argument("--skip-e2e", action="store_true", help="ingestion only")
     p.add_argument("--skip-ingest", action="store_true", help="the latency run only")
     p.add_argument("--out", type=Path, default=HERE, help="where results.json and RESULTS.md are")
@@ -341,7 +345,8 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
     with (
         serve_processes(env, port, args.serve_workers[-1], logs),
         infra.reauth_workers(
-            env, processes=args.processes, logs=logs, name="bench-webhooks"
+            env, processes=args.processes, logs=logs, name="bench-webhooks",
+            main_queue=args.main_queue,
         ) as workers,
     ):  # fmt: skip
         time.sleep(1.0)
@@ -383,6 +388,7 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
         "batch_size": args.batch_size,
         "mx_concurrency": args.mx_concurrency,
         "serve_workers": args.serve_workers[-1],
+        "main_queue": args.main_queue,
         "statuses": statuses,
         "notified": len(lat),
         "stream_len": got,
