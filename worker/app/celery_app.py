@@ -1,4 +1,5 @@
-"""The Celery application: reliability settings, beat schedule, logging and context hooks.
+"""The Celery application: its two queues and routes, reliability settings, beat schedule,
+logging and context hooks.
 
 Late acks plus reject-on-worker-lost so a killed
 worker's message is redelivered (our tasks are idempotent), prefetch 1, a hard time limit well
