@@ -139,11 +139,12 @@ class GroupCommit:
     A request hands its body over and waits. A flusher takes every body waiting (up to
     :data:`MAX_BATCH`), stores them in one transaction on a worker thread
     (:func:`~worker.service.webhooks.intake_many`), wakes each request, and then has the apply job
-    queued (:meth:`_hand_on`: off the answers' path, one at a time). Up to :data:`FLUSHERS` batches
-    commit at once: bodies that arrive while they commit form the next one, so under load many
-    requests share one commit (and one thread hop), and a request that finds a flusher free is its
-    own batch, with no added wait. A failed commit fails every request of its batch (5xx: MX
-    retries); nothing is answered 204 before the commit that holds its row.
+    queued (:meth:`_hand_on`: off the answers' path, one at a time; with inline follow-ups, which
+    apply in the hand-on, before the answers). Up to :data:`FLUSHERS` batches commit at once: bodies
+    that arrive while they commit form the next one, so under load many requests share one commit
+    (and one thread hop), and a request that finds a flusher free is its own batch, with no added
+    wait. A failed commit fails every request of its batch (5xx: MX retries); nothing is answered
+    204 before the commit that holds its row.
     """
 
     #: Bodies per transaction at most (64 KiB each at worst: a bounded transaction).
