@@ -28,6 +28,7 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from worker.app.celery_app import EVENTS_QUEUE, QUEUES
 from worker.sandbox.config import DEFAULT_API_KEY, DEFAULT_CLIENT_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,12 +310,13 @@ def celery_worker(
     env: dict[str, str],
     *,
     app: str,
-    queue: str,
+    queue: str | None,
     concurrency: int,
     log: Path,
     name: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A prefork Celery worker (``celery -A app worker``) for the duration of the block."""
+    """A prefork Celery worker (``celery -A app worker``) for the duration of the block;
+    ``queue`` None consumes every queue the app declares."""
     args = [
         sys.executable,
         "-m",
@@ -322,8 +324,7 @@ def celery_worker(
         "-A",
         app,
         "worker",
-        "-Q",
-        queue,
+        *(["-Q", queue] if queue else []),
         "-c",
         str(concurrency),
         "-P",
@@ -356,13 +357,38 @@ def wait_pool_ready(proc: subprocess.Popen[bytes], concurrency: int, timeout: fl
     raise RuntimeError("the Celery worker's pool did not start")
 
 
-def wait_queue_empty(queue: str, timeout: float = 60) -> None:
-    """Until the broker list and kombu's unacked set are empty (acks_late: acked when done)."""
+@contextlib.contextmanager
+def reauth_workers(
+    env: dict[str, str], *, processes: int, logs: Path, name: str, main_queue: str | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The production profile, ready to consume: the main worker (every queue unless
+    ``main_queue``, ``processes`` pool processes) and a dedicated events worker (``-Q
+    reauth.events -c 1``). Yields both; measure the trees of both (:class:`PeakRss` takes
+    several roots)."""
+    with (
+        celery_worker(
+            env, app="worker.celery_app", queue=main_queue, concurrency=processes,
+            log=logs / f"{name}.log", name=name,
+        ) as main,
+        celery_worker(
+            env, app="worker.celery_app", queue=EVENTS_QUEUE, concurrency=1,
+            log=logs / f"{name}-events.log", name=f"{name}-events",
+        ) as events,
+    ):  # fmt: skip
+        wait_pool_ready(main, processes)
+        wait_pool_ready(events, 1)
+        yield [main, events]
+
+
+def wait_queue_empty(queue: str | None = None, timeout: float = 60) -> None:
+    """Until the broker list (every queue of the app if None) and kombu's unacked set are
+    empty (acks_late: acked when done)."""
+    names = [queue] if queue else list(QUEUES)
     r = redis_client()
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if r.llen(queue) == 0 and r.hlen("unacked") == 0:
+            if all(r.llen(q) == 0 for q in names) and r.hlen("unacked") == 0:
                 return
             time.sleep(0.05)
     finally:
@@ -387,7 +413,7 @@ def _pss_bytes(pid: int) -> int:
 
 
 class PeakRss:
-    """Samples a process and all its descendants on a thread: peak RSS, peak PSS, CPU time.
+    """Samples processes and all their descendants on a thread: peak RSS, peak PSS, CPU time.
 
     Memory: the RSS sum counts pages a prefork parent shares with its children once per
     process; PSS splits every shared page between the processes mapping it, so its sum is the
@@ -397,8 +423,10 @@ class PeakRss:
     so end the block before the worker is stopped.
     """
 
-    def __init__(self, pid: int, interval: float = 0.1, pss_every: int = 5) -> None:
+    def __init__(self, pid: int, *more: int, interval: float = 0.1, pss_every: int = 5) -> None:
         self._pid = pid
+        # Every root's tree counts (the main worker and the events worker).
+        self._roots = (pid, *more)
         self._interval = interval
         # PSS reads /proc/<pid>/smaps_rollup, dearer than RSS: every pss_every samples.
         self._pss_every = pss_every
@@ -411,8 +439,11 @@ class PeakRss:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def _tree(self) -> list[psutil.Process]:
-        root = psutil.Process(self._pid)
-        return [root, *root.children(recursive=True)]
+        out = []
+        for pid in self._roots:
+            root = psutil.Process(pid)
+            out += [root, *root.children(recursive=True)]
+        return out
 
     def _sample(self, pss: bool) -> None:
         rss = total_pss = 0

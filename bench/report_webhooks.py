@@ -24,6 +24,12 @@ def _ingest_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     )
 
 
+def _open_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(
+        (r for r in run["rows"] if r["kind"] == "ingest_open"), key=lambda r: r["serve_workers"]
+    )
+
+
 def _complete(r: dict[str, Any]) -> bool:
     """Every request answered 204 and stored (wrk counts non-2xx and socket errors). The inbox
     may hold a few more rows than wrk counted: requests in flight when wrk stopped."""
@@ -54,6 +60,21 @@ def webhook_targets(run: dict[str, Any]) -> list[dict[str, Any]]:
                 _complete(best)
                 and best["per_s"] >= TARGET_INGEST_PER_S
                 and best["p99_ms"] < TARGET_INGEST_P99_MS,
+            )
+        )
+    for o in _open_rows(run):
+        answered = o["statuses"].get("204", 0)
+        out.append(
+            _check(
+                f"webhooks accepted at {o['rate']:,.0f}/s offered (open loop, "
+                f"{o['serve_workers']} serve process(es))",
+                f"p99 {o['p99_ms']:.1f} ms, {answered:,}/{o['requests']:,} answered 204",
+                f"p99 < {TARGET_INGEST_P99_MS:.0f} ms, every request 204 and stored",
+                o["rate"] >= TARGET_INGEST_PER_S
+                and answered == o["requests"]
+                and o["stored"] >= answered
+                and o["p99_ms"] is not None
+                and o["p99_ms"] < TARGET_INGEST_P99_MS,
             )
         )
     for e in (r for r in run["rows"] if r["kind"] == "e2e"):
@@ -150,6 +171,33 @@ def webhooks_markdown(run: dict[str, Any] | None) -> list[str]:
          "other"],
         rows,
     )  # fmt: skip
+    opens = _open_rows(run)
+    if opens:
+        parts += [
+            "",
+            "### Intake at a fixed offered rate (open loop)",
+            "",
+            "bench/loadgen.py (aiohttp, uvloop, one connection per request in flight) sends "
+            f"each request at its due time for {cfg['seconds']:.0f} s, whatever the answers "
+            "do: a request's latency runs from when it was due, so a slow answer shows in the "
+            "tail instead of slowing the load (wrk's closed loop does the latter). Bodies as "
+            "above, no Celery worker running. `client lag p99`: how late the generator itself "
+            "sent (when large, the figures measure the client too).",
+            "",
+            *_table(
+                ["offered/s", "serve processes", "answered 204/s", "p50 ms", "p90 ms",
+                 "p99 ms", "max ms", "client lag p99 ms", "answers", "stored",
+                 "CPU ms/request: serve / PG / Redis / other"],
+                [
+                    [o["rate"], o["serve_workers"], o["per_s"], o["p50_ms"], o["p90_ms"],
+                     o["p99_ms"], o["max_ms"], o["client_lag_p99_ms"],
+                     ", ".join(f"{k}: {v:,}" for k, v in o["statuses"].items()), o["stored"],
+                     " / ".join(_f(o["cpu_ms"].get(k), 2)
+                                for k in ("server", "postgres", "redis", "other"))]
+                    for o in opens
+                ],
+            ),
+        ]  # fmt: skip
     for e in (r for r in run["rows"] if r["kind"] == "e2e"):
         parts += [
             "",
@@ -159,15 +207,18 @@ def webhooks_markdown(run: dict[str, Any] | None) -> list[str]:
             f"{e['latency_s'] * 1000:.0f} ms) answers DENIED for each. {e['events']:,} "
             f"CONNECTION_STATUS webhooks are posted in an open loop at {e['rate']:,.0f}/s "
             f"(bench/loadgen.py, aiohttp) to {e.get('serve_workers', 1)} `reauth serve` "
-            "process(es) (Celery follow-ups); a Celery worker "
-            f"(`-P prefork -c {e['processes']}`, REAUTH_BATCH_SIZE={e.get('batch_size', 100)}, "
-            f"REAUTH_MX_MAX_CONCURRENCY={e.get('mx_concurrency', 64)}) runs "
-            "`reauth.apply_webhooks` (member read from MX, decision, due now; one batch per "
-            "task, a full one queueing the next), the regenerate batches it hands on (MX URI "
-            "call, outbox) and the relay (Redis stream sink). The 100 MX users' sessions are "
+            "process(es) (Celery follow-ups); the production profile of workers, a Celery "
+            f"worker of every queue (`-P prefork -c {e['processes']}`, "
+            f"REAUTH_BATCH_SIZE={e.get('batch_size', 100)}, "
+            f"REAUTH_MX_MAX_CONCURRENCY={e.get('mx_concurrency', 64)}) and an events worker "
+            "(`-Q reauth.events -c 1`), runs `reauth.apply_webhooks` (member read from MX, "
+            "decision, due now; one batch per task, a full one queueing the next; on the "
+            "events queue), the regenerate batches it hands on (MX URI call, outbox) and the "
+            "relay (Redis stream sink; on the events queue). The 100 MX users' sessions are "
             "made before the run, as in a service that has been running. A notification's "
             "latency runs from the moment its webhook was due to be sent to the millisecond "
-            "timestamp of its stream entry's id.",
+            "timestamp of its stream entry's id. Worker CPU: both workers' process trees, the "
+            "run only.",
             "",
             *_table(
                 [
@@ -180,6 +231,7 @@ def webhooks_markdown(run: dict[str, Any] | None) -> list[str]:
                     "max ms",
                     "all on the stream after (s)",
                     "inbox",
+                    "worker CPU ms/event",
                 ],
                 [
                     [
@@ -192,6 +244,7 @@ def webhooks_markdown(run: dict[str, Any] | None) -> list[str]:
                         e["max_ms"],
                         e["all_s"],
                         ", ".join(f"{k}: {v:,}" for k, v in e["inbox"].items()),
+                        _f(e.get("worker_cpu_ms_per_event"), 2),
                     ]
                 ],
             ),

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql
 
 from bench import infra
 from bench.ceiling import raw_ceiling
+from worker.app.celery_app import DELIVER_TASK, EVENTS_QUEUE, QUEUE, SCAN_TASK
 from worker.clock import utc_now
 
 
@@ -26,11 +27,13 @@ def _sender() -> Celery:
     return Celery("bench-sender", broker=infra.REDIS_URL)
 
 
-def _warm_up(sender: Celery, task: str, queue: str, times: int) -> None:
-    """Let every pool process run one cheap task, so start-up is not in the timing."""
-    for _ in range(times):
-        sender.send_task(task, queue=queue)
-    infra.wait_queue_empty(queue)
+def _warm_up(sender: Celery, processes: int) -> None:
+    """Let every pool process of both workers run one cheap task (a relay pass, on the main
+    queue for the main worker's pool, which runs it by name), so start-up is not timed."""
+    for queue, times in ((QUEUE, processes * 2), (EVENTS_QUEUE, 2)):
+        for _ in range(times):
+            sender.send_task(DELIVER_TASK, queue=queue)
+    infra.wait_queue_empty()
 
 
 def pipeline(
@@ -62,19 +65,11 @@ def pipeline(
     )
     sender = _sender()
     label = f"pipeline-{latency}-{mx_concurrency}-{due}"
-    with infra.celery_worker(
-        env,
-        app="worker.celery_app",
-        queue="reauth",
-        concurrency=processes,
-        log=logs / f"{label}.log",
-        name=label,
-    ) as proc:
-        infra.wait_pool_ready(proc, processes)
-        _warm_up(sender, "reauth.dispatch_notifications", "reauth", processes * 2)
-        with infra.PeakRss(proc.pid) as rss:
+    with infra.reauth_workers(env, processes=processes, logs=logs, name=label) as procs:
+        _warm_up(sender, processes)
+        with infra.PeakRss(*(p.pid for p in procs)) as rss:
             started = time.perf_counter()
-            sender.send_task("reauth.scan", queue="reauth", kwargs={"trigger": "bench"})
+            sender.send_task(SCAN_TASK, queue=QUEUE, kwargs={"trigger": "bench"})
             got, ended = infra.wait_stream(infra.STREAM, due, timeout=timeout)
     sender.close()
     elapsed = ended - started
@@ -94,8 +89,9 @@ def pipeline(
         "mx_concurrency": mx_concurrency,
         "batch_size": batch_size,
         "in_flight": processes * min(mx_concurrency, batch_size),
-        # The figure that travels between machines: the worker tree's CPU time per member
-        # (the main process and its pool children, start-up and warm-up excluded).
+        # The figure that travels between machines: the worker trees' CPU time per member
+        # (both workers of the production profile, main and events, with their pool
+        # children; start-up and warm-up excluded).
         "cpu_s": round(cpu_s, 2),
         "cpu_ms_per_member": round(cpu_s * 1000 / got, 3) if got else None,
         "peak_rss_mb": rss.peak_mb,

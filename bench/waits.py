@@ -2,17 +2,18 @@
 
     uv run python -m bench.waits --due 3000 --users 1500 --processes 2 --latency 0.1
 
-Runs the pipeline (``reauth.scan`` → a prefork Celery worker with ``--processes`` pool
-processes → the MX sandbox at ``--latency`` → outbox → relay → Redis stream) with
-``REAUTH_WAITS_FILE`` set, so the worker's processes time their waits (:mod:`worker.waits`):
-the FOR UPDATE SKIP LOCKED claims (``claim:members``: scan and batches; ``claim:notifications``:
-the relay's lease), Nexus session creation (``session``: a call waiting for its user's session,
-single-flight; ``session_lock``: a creator waiting for another process's creation lock), the
-Redis rate limiter (``rate_limiter``), the relay task's time queued (``relay_queued``) and its
-passes (``relay_pass``). Prints, per kind: count, p50, p99, max, total, and the total as a
-share of the run's wall time times the worker processes (how much of the tree's time went to
-it; concurrent waits inside one process's event loop overlap, so for the MX-side kinds read the
-per-call figures). Writes ``bench/profiles/waits-<label>.json``.
+Runs the pipeline (``reauth.scan`` → the production profile: a prefork Celery worker with
+``--processes`` pool processes beside the events worker (one process, the relay) → the MX sandbox at
+``--latency`` → outbox → relay → Redis stream) with ``REAUTH_WAITS_FILE`` set, so the workers'
+processes time their waits (:mod:`worker.waits`): the FOR UPDATE SKIP LOCKED claims
+(``claim:members``: scan and batches; ``claim:notifications``: the relay's lease), Nexus session
+creation (``session``: a call waiting for its user's session, single-flight; ``session_lock``: a
+creator waiting for another process's creation lock), the Redis rate limiter (``rate_limiter``), the
+relay task's time queued (``relay_queued``) and its passes (``relay_pass``). Prints, per kind:
+count, p50, p99, max, total, and the total as a share of the run's wall time times the worker
+processes (how much of the tree's time went to it; concurrent waits inside one process's event loop
+overlap, so for the MX-side kinds read the per-call figures). Writes
+``bench/profiles/waits-<label>.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from bench import infra
 from bench.runs import _sender, _warm_up
+from worker.app.celery_app import QUEUE, SCAN_TASK
 from worker.clock import utc_now
 
 
@@ -81,24 +83,20 @@ def main() -> None:
                 REAUTH_WAITS_FILE=str(waits_file),
             )
             sender = _sender()
-            with infra.celery_worker(
-                env,
-                app="worker.celery_app",
-                queue="reauth",
-                concurrency=args.processes,
-                log=logs / f"waits-{label}.log",
-                name=f"waits-{label}",
-            ) as proc:
-                infra.wait_pool_ready(proc, args.processes)
-                _warm_up(sender, "reauth.dispatch_notifications", "reauth", args.processes * 2)
+            with infra.reauth_workers(
+                env, processes=args.processes, logs=logs, name=f"waits-{label}"
+            ):
+                _warm_up(sender, args.processes)
                 waits_file.unlink(missing_ok=True)  # the warm-up's passes are not the run's
                 started = time.perf_counter()
-                sender.send_task("reauth.scan", queue="reauth", kwargs={"trigger": "bench"})
+                sender.send_task(SCAN_TASK, queue=QUEUE, kwargs={"trigger": "bench"})
                 got, ended = infra.wait_stream(infra.STREAM, args.due, timeout=args.timeout)
                 time.sleep(1)  # let the last relay pass write its timing
             sender.close()
         wall = ended - started
-        kinds = summarise(waits_file, wall, args.processes)
+        # Every pool process of both workers (the events worker has one).
+        pool = args.processes + 1
+        kinds = summarise(waits_file, wall, pool)
     infra.drop_database()
     result: dict[str, Any] = {
         "due": args.due,
@@ -115,10 +113,11 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "profiles" / f"waits-{label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"{got}/{args.due} members delivered in {wall:.2f}s; {args.processes} pool processes, "
+        f"{got}/{args.due} members delivered in {wall:.2f}s; {args.processes} pool processes "
+        "+ the events worker, "
         f"{args.users} MX users, {args.latency * 1000:.0f} ms MX, rate limit {args.rate}/s"
     )
-    print(f"| wait | n | p50 ms | p99 ms | max ms | total s | share of {args.processes} x wall |")
+    print(f"| wait | n | p50 ms | p99 ms | max ms | total s | share of {pool} x wall |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for kind, k in kinds.items():
         print(

@@ -23,8 +23,9 @@ What one run measures:
    204 must be a stored row).
 2. **webhook → stream** — M members seeded CONNECTED (known to the service), the sandbox
    answering DENIED for them, their MX users' sessions already made (as in a running
-   service); a Celery worker (prefork, ``-c`` cores) runs the apply task and the regenerate
-   and relay tasks it hands on; M CONNECTION_STATUS webhooks are posted in an
+   service); the production profile of workers: the main Celery worker (prefork, ``-c`` cores,
+   every queue) runs the regenerate batches, and the events worker (``-Q reauth.events -c 1``)
+   the apply task and the relay; M CONNECTION_STATUS webhooks are posted in an
    open loop at ``--e2e-rate``; each notification's arrival is the millisecond timestamp of its
    Redis stream entry id, its start the moment its webhook was due to be sent.
 """
@@ -74,12 +75,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 2],
         help="reauth serve processes, one intake series each (1 2); the latency run uses the last",
     )
+    p.add_argument(
+        "--open-rate", type=float, default=1000.0,
+        help="offered rate of the open-loop intake row, per serve series (1000; 0: none)",
+    )  # fmt: skip
     p.add_argument("--events", type=int, default=1000, help="webhooks of the latency run")
     p.add_argument("--e2e-rate", type=float, default=1000.0, help="their rate per second")
     p.add_argument("--latency", type=float, default=0.05, help="sandbox latency (0.05 s)")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="Celery -c")
     p.add_argument("--batch-size", type=int, default=100, help="REAUTH_BATCH_SIZE (100)")
     p.add_argument("--mx-concurrency", type=int, default=64, help="REAUTH_MX_MAX_CONCURRENCY (64)")
+    p.add_argument(
+        "--main-queue", default=None,
+        help="-Q of the main worker in the latency run (default: every queue, as in production)",
+    )  # fmt: skip
     p.add_argument("--skip-e2e", action="store_true", help="ingestion only")
     p.add_argument("--skip-ingest", action="store_true", help="the latency run only")
     p.add_argument("--out", type=Path, default=HERE, help="where results.json and RESULTS.md are")
@@ -243,7 +252,68 @@ def _ingest_series(
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if args.open_rate:
+            rows.append(_ingest_open(db_url, sb, args, procs, url, workers=workers))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _ingest_open(
+    db_url: str,
+    sb: infra.Sandbox,
+    args: argparse.Namespace,
+    procs: list[subprocess.Popen[bytes]],
+    url: str,
+    *,
+    workers: int,
+) -> dict[str, Any]:
+    """The intake at a fixed offered rate (bench/loadgen.py, open loop): each request's latency
+    runs from the moment it was due, so a slow answer cannot hold back the next request (a
+    closed loop's queueing is not in it) and p99 is the p99 at the target rate."""
+    n = round(args.open_rate * args.seconds)
+    bodies = [
+        json.dumps({
+            "action": "CHANGED", "connection_status": "DENIED", "connection_status_id": 2,
+            "connection_status_message": "bench", "member_guid": f"MBR-open{workers}-{i:08d}",
+            "type": "CONNECTION_STATUS", "user_guid": "USR-bench",
+        })
+        for i in range(n)
+    ]  # fmt: skip
+    stored0 = sum(inbox_counts(db_url).values())
+    cpu0 = cpu_snapshot(procs[0], sb)
+    serve0 = _cpu_tree(procs)
+    res = load(
+        {
+            "mode": "open", "urls": [url] * n, "rate": args.open_rate, "method": "POST",
+            "bodies": bodies,
+            "headers": {"Authorization": AUTH, "Content-Type": "application/json"},
+        },
+        timeout=args.seconds + 120,
+    )  # fmt: skip
+    cpu1 = cpu_snapshot(procs[0], sb)
+    serve1 = _cpu_tree(procs)
+    answered = res["statuses"].get("204", 0)
+    cpu = cpu_per_request(cpu0, cpu1, 0.0, answered)
+    cpu["server"] = round((serve1 - serve0) * 1000 / max(1, answered), 3)
+    ms = [r["ms"] for r in res["results"]]
+    lag = [r["lag_ms"] for r in res["results"]]
+    return {
+        "kind": "ingest_open",
+        "serve_workers": workers,
+        "rate": args.open_rate,
+        "requests": n,
+        "statuses": res["statuses"],
+        "per_s": round(answered / res["seconds"], 1) if res["seconds"] else None,
+        "p50_ms": report.percentile(ms, 50),
+        "p90_ms": report.percentile(ms, 90),
+        "p99_ms": report.percentile(ms, 99),
+        "max_ms": max(ms) if ms else None,
+        # The client's own lateness in sending (its loop busy): large, and the figures above
+        # measure the load generator as much as the server.
+        "client_lag_p99_ms": report.percentile(lag, 99),
+        "stored": sum(inbox_counts(db_url).values()) - stored0,
+        "cpu_ms": cpu,
+    }
 
 
 def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
@@ -274,24 +344,24 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
     ]  # fmt: skip
     with (
         serve_processes(env, port, args.serve_workers[-1], logs),
-        infra.celery_worker(
-            env, app="worker.celery_app", queue="reauth", concurrency=args.processes,
-            log=logs / "celery.log", name="bench-webhooks",
-        ) as worker,
+        infra.reauth_workers(
+            env, processes=args.processes, logs=logs, name="bench-webhooks",
+            main_queue=args.main_queue,
+        ) as workers,
     ):  # fmt: skip
-        infra.wait_pool_ready(worker, args.processes)
         time.sleep(1.0)
-        t0 = time.perf_counter()
-        res = load(
-            {
-                "mode": "open", "urls": [f"http://127.0.0.1:{port}/mx/webhooks"] * n,
-                "rate": args.e2e_rate, "method": "POST", "bodies": bodies,
-                "headers": {"Authorization": AUTH, "Content-Type": "application/json"},
-            },
-            timeout=120,
-        )  # fmt: skip
-        got, _ = infra.wait_stream(infra.STREAM, n, timeout=120)
-        all_done = time.perf_counter() - t0
+        with infra.PeakRss(*(w.pid for w in workers)) as rss:
+            t0 = time.perf_counter()
+            res = load(
+                {
+                    "mode": "open", "urls": [f"http://127.0.0.1:{port}/mx/webhooks"] * n,
+                    "rate": args.e2e_rate, "method": "POST", "bodies": bodies,
+                    "headers": {"Authorization": AUTH, "Content-Type": "application/json"},
+                },
+                timeout=120,
+            )  # fmt: skip
+            got, _ = infra.wait_stream(infra.STREAM, n, timeout=120)
+            all_done = time.perf_counter() - t0
     # Stream ids are "<ms>-<seq>": the ms is when Redis appended the message.
     r = infra.redis_client()
     try:
@@ -318,6 +388,7 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
         "batch_size": args.batch_size,
         "mx_concurrency": args.mx_concurrency,
         "serve_workers": args.serve_workers[-1],
+        "main_queue": args.main_queue,
         "statuses": statuses,
         "notified": len(lat),
         "stream_len": got,
@@ -328,6 +399,9 @@ def e2e(db_url: str, sb: infra.Sandbox, args: argparse.Namespace, logs: Path) ->
         "all_s": round(all_done, 2),
         "inbox": inbox_counts(db_url),
         "phases_p50_ms": phases,
+        # Both workers' trees (main and events, pool children included), the run only.
+        "worker_cpu_ms_per_event": round(rss.cpu_s * 1000 / got, 3) if got else None,
+        "worker_peak_pss_mb": rss.peak_pss_mb,
     }
     print(json.dumps(row), flush=True)
     return row

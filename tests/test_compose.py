@@ -41,7 +41,9 @@ def test_compose_has_the_expected_services_with_healthchecks() -> None:
     )
 
 
-@pytest.mark.parametrize("service", ["migrate", "worker", "beat", "mx-sandbox", "serve"])
+@pytest.mark.parametrize(
+    "service", ["migrate", "worker", "worker-events", "beat", "mx-sandbox", "serve"]
+)
 def test_compose_commands_are_real_commands(service: str) -> None:
     """The command of each of our services parses as a project command (``--help`` works)."""
     command = _compose()["services"][service]["command"]
@@ -60,6 +62,38 @@ def test_compose_commands_are_real_commands(service: str) -> None:
 
         assert "reauth.scan" in celery_app.tasks or _loads_tasks(celery_app)
         assert command[3] in {"worker", "beat"}
+
+
+def _consumed_queues(command: list[str]) -> set[str] | None:
+    """The queues a worker command consumes (every queue without -Q); None if not a worker."""
+    from worker.app.celery_app import QUEUES
+
+    words = command[1:] if command[0] == "reauth" else command[3:]
+    if not words or words[0] != "worker":
+        return None
+    for flag in ("-Q", "--queues"):
+        if flag in words:
+            return set(words[words.index(flag) + 1].split(","))
+    return set(QUEUES)
+
+
+def test_every_routed_queue_has_a_consumer_and_events_their_own_worker() -> None:
+    """Each queue a task is routed to is consumed by some worker service, and the event-side
+    tasks (relay, webhook application) have a worker of their own, the production profile."""
+    from worker.app.celery_app import EVENTS_QUEUE, QUEUE, ROUTES, create_app
+
+    app = create_app()
+    app.loader.import_default_modules()
+    routed = {app.amqp.router.route({}, name)["queue"].name for name in app.tasks}
+    routed.discard("celery")  # Celery's built-in tasks, never sent by this project
+    assert routed == {QUEUE, *ROUTES.values()}
+    consumers = {
+        name: queues
+        for name, service in _compose()["services"].items()
+        if (queues := _consumed_queues(service.get("command") or [""])) is not None
+    }
+    assert routed <= set().union(*consumers.values()), consumers
+    assert {EVENTS_QUEUE} in consumers.values(), consumers
 
 
 def _loads_tasks(app: Any) -> bool:

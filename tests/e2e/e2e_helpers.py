@@ -70,8 +70,6 @@ def celery_worker(
         env,
         [
             "worker",
-            "-Q",
-            "reauth",
             "-c",
             str(concurrency),
             "-P",

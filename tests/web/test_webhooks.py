@@ -5,6 +5,8 @@ worker's inline runtime against the MX sandbox right after each POST (``Hooks.po
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -436,3 +438,49 @@ def test_sandbox_retries_a_failed_delivery(hooks: Hooks) -> None:
     sb.webhooks.wait()
     assert sb.webhooks.attempts == [("MEMBER", 401)] * 3
     assert hooks.events() == []
+
+
+class _SlowQueueing:
+    """Follow-ups whose queueing of the apply job hangs until released (a slow broker)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def apply_webhooks(self) -> None:
+        self.release.wait(10)
+        self.calls += 1
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_the_answer_does_not_wait_for_the_apply_job_to_be_queued(
+    db_url: str, sandbox: RunningSandbox
+) -> None:
+    """204 once the row is committed; the apply job is queued after, and a commit made while
+    one is being queued shares the next queueing instead of starting its own."""
+    settings = make_settings(
+        db_url, sandbox, mx_webhook_username=USER, mx_webhook_password=PASSWORD
+    )
+    web = Runtime(settings)
+    slow = _SlowQueueing()
+    web._followups = slow  # type: ignore[assignment]
+    try:
+        with serve_in_thread(create_app(web), name="reauth-serve") as port:
+            url = f"http://127.0.0.1:{port}/mx/webhooks"
+            for i in range(3):
+                answer = httpx.post(url, json=_status(f"MBR-slow-{i}"), auth=AUTH, timeout=5)
+                assert answer.status_code == 204
+            with web.sessions() as s:
+                assert s.scalar(select(func.count()).select_from(WebhookEvent)) == 3
+            assert slow.calls == 0  # all three answered while the first queueing hangs
+            slow.release.set()
+            deadline = time.monotonic() + 5
+            while slow.calls < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            assert slow.calls == 2  # the first, then one for the two commits made meanwhile
+    finally:
+        slow.release.set()
+        web.close()

@@ -1,4 +1,5 @@
-"""The Celery application: reliability settings, beat schedule, logging and context hooks.
+"""The Celery application: its two queues and routes, reliability settings, beat schedule,
+logging and context hooks.
 
 Late acks plus reject-on-worker-lost so a killed
 worker's message is redelivered (our tasks are idempotent), prefetch 1, a hard time limit well
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Exchange, Queue
 
 from worker.config import get_settings
 
@@ -21,8 +23,18 @@ DELIVER_TASK = "reauth.dispatch_notifications"
 SWEEP_TASK = "reauth.sweep_claims"
 PURGE_TASK = "reauth.purge"
 APPLY_WEBHOOKS_TASK = "reauth.apply_webhooks"
-#: Queue of this service's own tasks.
+#: Queue of this service's own tasks (scan, regenerate, sweeps, purge).
 QUEUE = "reauth"
+#: Queue of the event-side tasks: the outbox relay and the webhook application. Short tasks
+#: that someone waits on; on their own queue they never wait behind a regenerate batch.
+EVENTS_QUEUE = "reauth.events"
+#: Every queue a worker started without ``-Q`` consumes, in the order it serves them: with
+#: the Redis transport's ``priority`` order one BRPOP lists the keys in this order, so a
+#: message on the events queue is always taken before one on the main queue.
+QUEUES = (EVENTS_QUEUE, QUEUE)
+#: Which task goes where; every task not named here goes to QUEUE. The names are unchanged,
+#: so a message already on QUEUE (sent by an older version) still runs on a worker of QUEUE.
+ROUTES = {DELIVER_TASK: EVENTS_QUEUE, APPLY_WEBHOOKS_TASK: EVENTS_QUEUE}
 
 
 def create_app() -> Celery:
@@ -46,7 +58,13 @@ def create_app() -> Celery:
         # Kombu sweeps for unacked messages past the visibility timeout only on every 10th
         # restore tick (10 s apart), so a killed worker's batch came back up to 100 s *after*
         # the timeout. Sweep on every tick.
-        broker_transport_options={**transport, "unacked_restore_throttle": 1},
+        # queue_order_strategy "priority": a worker of both queues asks for QUEUES in order
+        # every time (kombu's default round-robin would rotate the main queue first).
+        broker_transport_options={
+            **transport,
+            "unacked_restore_throttle": 1,
+            "queue_order_strategy": "priority",
+        },
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout,
         broker_connection_retry_on_startup=True,
@@ -54,7 +72,11 @@ def create_app() -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
         task_default_queue=QUEUE,
-        task_routes={"reauth.*": {"queue": QUEUE}},
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
+        task_routes=[
+            {name: {"queue": queue} for name, queue in ROUTES.items()},
+            {"reauth.*": {"queue": QUEUE}},
+        ],
         timezone="UTC",
         enable_utc=True,
         beat_schedule={

@@ -36,9 +36,18 @@ def worker(
     concurrency: int | None = typer.Option(None, "--concurrency", "-c", min=1),
     beat: bool = typer.Option(False, "--beat", help="Embed beat (development only)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    queues: str | None = typer.Option(
+        None,
+        "--queues",
+        "-Q",
+        help="Comma-separated queues to consume (default: all of them, the events queue "
+        "first). A dedicated events worker: -Q reauth.events -c 1.",
+    ),
 ) -> None:
     """Run a Celery worker with the project's app (same as celery -A worker.celery_app worker)."""
-    argv = ["worker", "--loglevel", loglevel, "-Q", "reauth"]
+    argv = ["worker", "--loglevel", loglevel]
+    if queues:
+        argv += ["-Q", queues]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if beat:

@@ -86,7 +86,7 @@ def serve(
     try:
         # No access log: request paths carry reconnect tokens.
         public = uvicorn.Server(uvicorn_config(create_app(rt), host, port))
-        tune_gc()  # as each process of --workers N does (process_app)
+        tune_gc()  # as the worker does: fewer, shorter collections in a request's path
         # With --reuse-port every process binds its listeners with SO_REUSEPORT.
         public_sockets = [reuse_port_socket(host, port)] if reuse_port else None
         if not settings.ops_enabled:
@@ -112,14 +112,16 @@ PROCESS_APP = "worker.cli.serve:process_app"
 def process_app() -> Any:
     """The app of one process of ``reauth serve --workers N`` (uvicorn calls this in each process
     it starts): settings and logging from the environment, its own runtime, closed at shutdown."""
-    from worker.runtime import Runtime
+    from worker.runtime import Runtime, tune_gc
     from worker.web.app import DB_THREADS, PING_IDLE_AFTER_S, create_app
 
     settings = setup()
-    return create_app(
+    app = create_app(
         Runtime(settings, ping_idle_after=PING_IDLE_AFTER_S, pool_size=DB_THREADS),
         close_runtime=True,
     )
+    tune_gc()  # as the worker does: fewer, shorter collections in a request's path
+    return app
 
 
 def serve_processes(

@@ -138,12 +138,13 @@ class GroupCommit:
 
     A request hands its body over and waits. A flusher takes every body waiting (up to
     :data:`MAX_BATCH`), stores them in one transaction on a worker thread
-    (:func:`~worker.service.webhooks.intake_many`), queues the apply job once for the batch,
-    and then wakes each request. Up to :data:`FLUSHERS` batches commit at once: bodies that
-    arrive while they commit form the next one, so under load many requests share one commit
-    (and one thread hop, one queueing of the apply job), and a request that finds a flusher
-    free is its own batch, with no added wait. A failed commit fails every request of its batch
-    (5xx: MX retries); nothing is answered 204 before the commit that holds its row.
+    (:func:`~worker.service.webhooks.intake_many`), wakes each request, and then has the apply job
+    queued (:meth:`_hand_on`: off the answers' path, one at a time; with inline follow-ups, which
+    apply in the hand-on, before the answers). Up to :data:`FLUSHERS` batches commit at once: bodies
+    that arrive while they commit form the next one, so under load many requests share one commit
+    (and one thread hop), and a request that finds a flusher free is its own batch, with no added
+    wait. A failed commit fails every request of its batch (5xx: MX retries); nothing is answered
+    204 before the commit that holds its row.
     """
 
     #: Bodies per transaction at most (64 KiB each at worst: a bounded transaction).
@@ -155,6 +156,8 @@ class GroupCommit:
         self.rt = rt
         self._waiting: list[tuple[bytes, str | None, asyncio.Future[Stored]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        self._hand_on_wanted = False
+        self._hand_on_task: asyncio.Task[None] | None = None
 
     async def store(self, body: bytes, path_type: str | None) -> Stored:
         """Committed when this returns."""
@@ -182,12 +185,30 @@ class GroupCommit:
             for (*_, done), result in zip(batch, stored, strict=True):
                 if not done.done():
                     done.set_result(result)
+            if not self.rt.inline and any(not st.duplicate for st in stored):
+                self._want_hand_on()
 
     def _commit(self, posts: list[tuple[bytes, str | None]]) -> list[Stored]:
         stored = webhooks.intake_many(self.rt, posts, utc_now())
-        if any(not s.duplicate for s in stored):
+        if self.rt.inline and any(not st.duplicate for st in stored):
+            # Inline follow-ups (the demo) apply in the hand-on itself: done before the
+            # answers, so a sender's next webhook finds the previous one applied.
             self._hand_on()
         return stored
+
+    def _want_hand_on(self) -> None:
+        """Have the apply job queued after this commit. The answers do not wait for it (a
+        Redis round trip and maybe a broker publish, on a thread); one hand-on runs at a time,
+        and commits made meanwhile share the next one (their events are committed before it
+        starts, so the job it queues sees them)."""
+        self._hand_on_wanted = True
+        if self._hand_on_task is None or self._hand_on_task.done():
+            self._hand_on_task = asyncio.create_task(self._hand_on_loop())
+
+    async def _hand_on_loop(self) -> None:
+        while self._hand_on_wanted:
+            self._hand_on_wanted = False
+            await run_in_threadpool(self._hand_on)
 
     def _hand_on(self) -> None:
         """Queue the apply job. The events are committed already: if queueing fails, the
