@@ -8,7 +8,9 @@ processes → the MX sandbox at ``--latency`` → outbox → relay → Redis str
 the FOR UPDATE SKIP LOCKED claims (``claim:members``: scan and batches; ``claim:notifications``:
 the relay's lease), Nexus session creation (``session``: a call waiting for its user's session,
 single-flight; ``session_lock``: a creator waiting for another process's creation lock), the
-Redis rate limiter (``rate_limiter``), the relay task's time queued (``relay_queued``) and its
+Redis rate limiter (``rate_permit``: a call reserving its slot before the in-flight cap,
+``MxClient.admit``; ``rate_limiter``: the time inside the cap spent on the rate limit, waiting
+for that slot or taking a new one), the relay task's time queued (``relay_queued``) and its
 passes (``relay_pass``). Prints, per kind: count, p50, p99, max, total, and the total as a
 share of the run's wall time times the worker processes (how much of the tree's time went to
 it; concurrent waits inside one process's event loop overlap, so for the MX-side kinds read the

@@ -5,7 +5,8 @@ appends one line ``kind<TAB>pid<TAB>seconds`` to it (one small O_APPEND write, s
 processes of a worker can share the file). Off, a timed site costs one global read. Kinds:
 ``claim:<table>`` (a FOR UPDATE SKIP LOCKED claim statement), ``rate_permit`` (a call reserving
 its MX rate-limit slot, before the in-flight cap), ``rate_limiter`` (inside the cap: waiting
-for that slot, or taking one when there is no fresh permit), ``session`` (a call waiting for its user's Nexus session to be
+for that slot, or taking one when there is no fresh permit), ``rate_permit_stale`` (a permit
+too old to use, by how late), ``session`` (a call waiting for its user's Nexus session to be
 created, single-flight), ``session_lock`` (a creator waiting for another process's creation
 lock), ``scan_lock`` (taking the scan singleton).
 """

@@ -302,6 +302,10 @@ class MxClient:
                 return await self._create_session(state, flow, user)
 
             await state.sessions.token_for(user, create)
+        return await self._permit(state)
+
+    @staticmethod
+    async def _permit(state: _LoopState) -> Permit:
         if waits.FILE is None:
             return await state.limiter.permit()
         t0 = time.perf_counter()  # the benchmark's wait timings (bench.waits)
@@ -579,21 +583,25 @@ class MxClient:
     ) -> _Answer:
         """One HTTP request under the concurrency cap and the rate limit; body read capped.
 
-        ``permit``: a slot reserved before the cap (:meth:`admit`); used unless it has grown
-        stale, else a slot is taken here, right before sending (worker.mx.ratelimit: no
-        request starts before its slot or long after it).
+        The rate-limit slot is reserved before the cap (``permit``, from :meth:`admit`, or
+        here), so the Redis round trip holds no in-flight slot; inside the cap the request
+        waits for its slot, or takes a new one right before sending if the permit has grown
+        stale meanwhile (worker.mx.ratelimit: no request starts before its slot or long after).
 
         Raises only :class:`MxError` subclasses (transport failures, oversized bodies, no
         rate-limit slot within the timeout).
         """
         what = call.what
+        if permit is None:
+            permit = await self._permit(state)
         async with state.semaphore:
             if waits.FILE is None:
-                if permit is None or not await permit.use(state.loop):
+                if not await permit.use(state.loop):
                     await state.limiter.acquire()
             else:  # the benchmark's wait timings (bench.waits)
                 t0 = time.perf_counter()
-                if permit is None or not await permit.use(state.loop):
+                if not await permit.use(state.loop):
+                    waits.note("rate_permit_stale", state.loop.time() - permit.at)
                     await state.limiter.acquire()
                 waits.note("rate_limiter", time.perf_counter() - t0)
             started = time.perf_counter()

@@ -16,11 +16,15 @@ the script's answer, so only local clock rate matters.
 Two rules keep the bound honest in the client (see :mod:`worker.mx.client`): no request
 starts before its slot, nor more than :data:`PERMIT_GRACE` after it (a slot used late bunches
 up with later ones); and a cancelled waiter's slot is simply wasted, which errs on the slow
-side. A slot may be taken *before* the in-flight cap (a :class:`Permit`, see
-:meth:`RedisRateLimiter.permit`), so the Redis round trip does not hold an in-flight slot; a
-permit that is more than ``PERMIT_GRACE`` old when its request is about to start is dropped and
-a new slot taken. Hence in any one-second window at most ``rate x (1 + PERMIT_GRACE) + 1``
-requests start (event-loop lag between the slot and the socket write aside, as before).
+side. The slot is reserved *before* the in-flight cap (a :class:`Permit`: ``MxClient.admit``
+before the batch's gate, or at the start of ``_exchange`` before the semaphore), so the Redis
+round trip holds no in-flight slot; inside the cap the request sleeps until its slot, or, if
+the permit is more than ``PERMIT_GRACE`` old by then, takes a new slot right there. Hence in
+any one-second window at most ``rate x (1 + PERMIT_GRACE) + 1`` requests start. Why a grace
+at all: the calls of a batch get their slots together and then run one after another on one
+event loop; under CPU load the last of a wave of 200 reaches its socket 100-200 ms after its
+slot (measured by ``python -m bench.waits``, ``rate_permit_stale``). Taking the slot inside the
+cap, as before, had exactly that lateness too, with no bound at all.
 
 The shared state cannot be poisoned (a rate of 0.01/s once pushed the next slot ten minutes
 ahead and stalled every worker even after the setting was fixed):
@@ -85,7 +89,7 @@ return {k, wait}
 
 
 #: Longest a request may start after its slot (seconds); an older permit is not used.
-PERMIT_GRACE = 0.05
+PERMIT_GRACE = 0.25
 
 
 class Permit:
