@@ -284,7 +284,7 @@ class MxClient:
         )
 
     # --- the calls -----------------------------------------------------------------------------
-    async def admit(self, request: OAuthRequest | MemberRequest) -> Permit:
+    async def admit(self, request: OAuthRequest) -> Permit:
         """What a call needs before it takes an in-flight slot: on Nexus the user's session
         (made or read, single-flight), then a rate-limit slot (:class:`Permit`). Pass the
         permit to the call; meanwhile other calls use the in-flight slots.
