@@ -114,6 +114,7 @@ def seed_members(
     users: int,
     prefix: str = "MBR",
     due_due: bool = True,
+    due_users: int | None = None,
 ) -> None:
     """COPY ``total`` members; ``due`` of them (spread evenly) are eligible and due now.
 
@@ -123,7 +124,9 @@ def seed_members(
     they are outside the partial index ``ix_members_due``, as in production. With ``due_due``
     false the eligible members get ``next_attempt_at`` NULL too (the naive baseline picks them by
     id, so the pipeline's scan must not see them). Their due times are spread over the last hour
-    so the keyset walk orders by a real column, not one repeated value.
+    so the keyset walk orders by a real column, not one repeated value. With ``due_users`` the
+    due members belong to that many users of their own (``USR-D…``, consecutive members share
+    one: ``due / due_users`` members per user), so the MX session count is set directly.
     """
     import psycopg
 
@@ -133,13 +136,18 @@ def seed_members(
     with psycopg.connect(psycopg_dsn(url)) as conn, conn.cursor() as cur:
         cols = ", ".join(MEMBER_COLUMNS)
         with cur.copy(f"COPY members ({cols}) FROM STDIN") as copy:
+            due_seen = 0
             for i in range(total):
                 is_due = i in due_at
+                user = f"USR-{i % users:06d}"
+                if is_due and due_users:
+                    user = f"USR-D{due_seen * due_users // due:06d}"
+                due_seen += is_due
                 when = now - timedelta(seconds=(i % 3600)) if is_due and due_due else None
                 copy.write_row(
                     (
                         f"{prefix}-{i:08d}",
-                        f"USR-{i % users:06d}",
+                        user,
                         ("chase", "mx_bank")[i % 2],
                         True,
                         "EXPIRED" if is_due else "CONNECTED",

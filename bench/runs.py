@@ -46,22 +46,30 @@ def pipeline(
     batch_size: int,
     logs: Path,
     timeout: float,
+    api: str = "nexus",
+    due_users: int | None = None,
 ) -> dict[str, Any]:
-    """`reauth.scan` → prefork worker → sandbox → DB → outbox → Redis Stream, timed to XLEN."""
+    """`reauth.scan` → prefork worker → sandbox → DB → outbox → Redis Stream, timed to XLEN.
+
+    ``api``: REAUTH_MX_API (``nexus``: a session per user, two extra MX calls per new user;
+    ``platform``: Basic auth, one call per member). ``due_users``: the due members' own users
+    (see :func:`infra.seed_members`), else ``users`` over all members.
+    """
     infra.reset_tables(db_url)
     infra.flush_redis()
     now = utc_now()
-    infra.seed_members(db_url, total=total, due=due, now=now, users=users)
+    infra.seed_members(db_url, total=total, due=due, now=now, users=users, due_users=due_users)
     sandbox.configure(latency=latency)
     sandbox.clear_log()
     env = infra.reauth_env(
         db_url,
         sandbox,
+        REAUTH_MX_API=api,
         REAUTH_MX_MAX_CONCURRENCY=str(mx_concurrency),
         REAUTH_BATCH_SIZE=str(batch_size),
     )
     sender = _sender()
-    label = f"pipeline-{latency}-{mx_concurrency}-{due}"
+    label = f"pipeline-{api}-{latency}-{mx_concurrency}-{due}"
     with infra.celery_worker(
         env,
         app="worker.celery_app",
@@ -72,18 +80,30 @@ def pipeline(
     ) as proc:
         infra.wait_pool_ready(proc, processes)
         _warm_up(sender, "reauth.dispatch_notifications", "reauth", processes * 2)
+        before = sandbox.stats()
         with infra.PeakRss(proc.pid) as rss:
             started = time.perf_counter()
             sender.send_task("reauth.scan", queue="reauth", kwargs={"trigger": "bench"})
             got, ended = infra.wait_stream(infra.STREAM, due, timeout=timeout)
+        after = sandbox.stats()
     sender.close()
+    # MX requests the run made (SSO API tokens, Nexus sessions, OAuth windows).
+    calls = {
+        k: after.get(k, 0) - before.get(k, 0)
+        for k in ("api_tokens_issued", "sessions_created", "uris")
+    }
     elapsed = ended - started
     cpu_s = rss.cpu_s
     sent = infra.scalar(db_url, "SELECT count(*) FROM notifications WHERE status = 'sent'")
     return {
         "kind": "pipeline",
+        "api": api,
         "latency_s": latency,
         "members": due,
+        "users": due_users or users,
+        "mx_calls": sum(calls.values()),
+        "mx_calls_per_s": round(sum(calls.values()) / elapsed, 1),
+        "sessions_created": calls["sessions_created"],
         "total_members": total,
         "delivered": got,
         "complete": got >= due,
