@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--mx-concurrency", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--rate", default="100000", help="REAUTH_MX_RATE_LIMIT_PER_SECOND")
+    parser.add_argument(
+        "--api", default="nexus", choices=["nexus", "platform"], help="REAUTH_MX_API"
+    )
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
 
@@ -71,6 +74,8 @@ def main() -> None:
     infra.flush_redis()
     infra.seed_members(url, total=args.due * 3, due=args.due, now=utc_now(), users=args.users)
     label = f"{args.due}-{args.users}u-{args.processes}p-{args.latency}-rate{args.rate}"
+    if args.api != "nexus":
+        label += f"-{args.api}"
     with tempfile.TemporaryDirectory() as tmp:
         waits_file = Path(tmp) / "waits.tsv"
         with infra.sandbox_process(args.latency, logs / "waits-sandbox.log") as sb:
@@ -80,6 +85,7 @@ def main() -> None:
                 REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
                 REAUTH_BATCH_SIZE=str(args.batch_size),
                 REAUTH_MX_RATE_LIMIT_PER_SECOND=args.rate,
+                REAUTH_MX_API=args.api,
                 REAUTH_WAITS_FILE=str(waits_file),
             )
             sender = _sender()
