@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                         latency=sweep_latency,
                         in_flight=p["in_flight"],
                         requests=max(2000, min(due, 6000)),
+                        api=api,
                     ),
                     "mx",
                 )

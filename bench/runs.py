@@ -184,12 +184,12 @@ def naive(
 
 
 def ceiling(
-    sandbox: infra.Sandbox, *, latency: float, in_flight: int, requests: int
+    sandbox: infra.Sandbox, *, latency: float, in_flight: int, requests: int, api: str = "nexus"
 ) -> dict[str, Any]:
     sandbox.configure(latency=latency)
     sandbox.clear_log()
-    res = raw_ceiling(sandbox.base_url, in_flight=in_flight, requests=requests)
-    return {"kind": "raw", "latency_s": latency, "in_flight": in_flight, **res}
+    res = raw_ceiling(sandbox.base_url, in_flight=in_flight, requests=requests, api=api)
+    return {"kind": "raw", "api": api, "latency_s": latency, "in_flight": in_flight, **res}
 
 
 # --- the due query --------------------------------------------------------------------------------
