@@ -208,6 +208,34 @@ def main(argv: list[str] | None = None) -> None:
                     ),
                     "concurrency",
                 )
+            # The MX side (issue 17): the Platform API (one call per member, Basic auth) and
+            # Nexus with 1-2 due members per user (a new session, so up to three MX calls, for
+            # most members), each against a raw ceiling measured right after it.
+            for api, due_users in (("platform", None), ("nexus", max(1, due * 2 // 3))):
+                p = runs.pipeline(
+                    db_url,
+                    sb,
+                    total=args.members,
+                    due=due,
+                    users=args.users,
+                    latency=sweep_latency,
+                    mx_concurrency=args.mx_concurrency,
+                    batch_size=args.batch_size,
+                    api=api,
+                    due_users=due_users,
+                    **common,
+                )
+                record(p, "mx")
+                record(
+                    runs.ceiling(
+                        sb,
+                        latency=sweep_latency,
+                        in_flight=p["in_flight"],
+                        requests=max(2000, min(due, 6000)),
+                        api=api,
+                    ),
+                    "mx",
+                )
             naive_procs = (
                 [args.processes * 4] if args.quick else [args.processes * 2, args.processes * 4]
             )

@@ -3,12 +3,15 @@
 It makes the same call the pipeline makes per member (``GET /members/{guid}/oauth_window_uri``
 with a valid ``MD-SESSION-TOKEN`` and the Nexus media type), reads and decodes the body, with a
 fixed number in flight. Whatever this reaches is what the sandbox plus one client loop can do on
-this machine: the pipeline is judged against it in the same run.
+this machine: the pipeline is judged against it in the same run. With ``api="platform"`` it
+calls the Platform endpoint instead (``GET /users/{user}/members/{guid}/oauth_window_uri``,
+HTTP Basic, ``Accept-Version``), what the pipeline's Platform run calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 
@@ -16,6 +19,7 @@ import aiohttp
 
 from bench.infra import API_KEY, CLIENT_ID
 from worker.mx import params as P
+from worker.mx.api import platform_v20250224 as platform
 
 #: A run never takes longer than this, whatever the request count.
 MAX_SECONDS = 120.0
@@ -40,12 +44,22 @@ async def _session_token(http: aiohttp.ClientSession, base: str, user: str) -> s
         return str((await r.json(content_type=None))["session"]["token"])
 
 
-async def _run(base: str, in_flight: int, requests: int) -> dict[str, float]:
+async def _run(base: str, in_flight: int, requests: int, api: str) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=in_flight)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        token = await _session_token(http, base, "USR-ceiling")
-        headers = {P.HEADER_SESSION_TOKEN: token, "Accept": P.NEXUS_MEDIA_TYPE}
+        if api == "platform":
+            basic = base64.b64encode(f"{CLIENT_ID}:{API_KEY}".encode()).decode()
+            headers = {
+                "Authorization": f"Basic {basic}",
+                "Accept": platform.MEDIA_TYPE,
+                P.HEADER_ACCEPT_VERSION: platform.VERSION,
+            }
+            prefix = f"{base}/users/USR-ceiling"
+        else:
+            token = await _session_token(http, base, "USR-ceiling")
+            headers = {P.HEADER_SESSION_TOKEN: token, "Accept": P.NEXUS_MEDIA_TYPE}
+            prefix = base
         query = {P.Q_REFERRAL_SOURCE: P.REFERRAL_BROWSER, P.Q_SKIP_AGGREGATION: "false"}
         gate = asyncio.Semaphore(in_flight)
         errors = 0
@@ -53,7 +67,7 @@ async def _run(base: str, in_flight: int, requests: int) -> dict[str, float]:
         async def one(i: int) -> None:
             nonlocal errors
             async with gate:
-                url = f"{base}{P.nexus_oauth_path(f'MBR-CEIL-{i:08d}')}"
+                url = f"{prefix}{P.nexus_oauth_path(f'MBR-CEIL-{i:08d}')}"
                 try:
                     async with http.get(url, headers=headers, params=query) as r:
                         body = await r.read()
@@ -79,10 +93,12 @@ async def _run(base: str, in_flight: int, requests: int) -> dict[str, float]:
     }
 
 
-def raw_ceiling(base: str, *, in_flight: int, requests: int) -> dict[str, float]:
+def raw_ceiling(
+    base: str, *, in_flight: int, requests: int, api: str = "nexus"
+) -> dict[str, float]:
     """``requests`` calls with ``in_flight`` at a time on a fresh loop; returns req/s and counts."""
     # The same event loop as the worker's (uvloop when installed), so the ceiling is fair.
     from worker.runtime import loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_run(base, in_flight, requests))
+        return runner.run(_run(base, in_flight, requests, api))

@@ -194,7 +194,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     # As in production (INFO): the client's per-request DEBUG lines are not rendered.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,  # as worker.logging configures it
+    )
 
     port = free_port()
     proc = start_sandbox(port, args.latency)

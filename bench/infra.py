@@ -115,6 +115,7 @@ def seed_members(
     users: int,
     prefix: str = "MBR",
     due_due: bool = True,
+    due_users: int | None = None,
 ) -> None:
     """COPY ``total`` members; ``due`` of them (spread evenly) are eligible and due now.
 
@@ -124,7 +125,9 @@ def seed_members(
     they are outside the partial index ``ix_members_due``, as in production. With ``due_due``
     false the eligible members get ``next_attempt_at`` NULL too (the naive baseline picks them by
     id, so the pipeline's scan must not see them). Their due times are spread over the last hour
-    so the keyset walk orders by a real column, not one repeated value.
+    so the keyset walk orders by a real column, not one repeated value. With ``due_users`` the
+    due members belong to that many users of their own (``USR-D…``, consecutive members share
+    one: ``due / due_users`` members per user), so the MX session count is set directly.
     """
     import psycopg
 
@@ -134,13 +137,18 @@ def seed_members(
     with psycopg.connect(psycopg_dsn(url)) as conn, conn.cursor() as cur:
         cols = ", ".join(MEMBER_COLUMNS)
         with cur.copy(f"COPY members ({cols}) FROM STDIN") as copy:
+            due_seen = 0
             for i in range(total):
                 is_due = i in due_at
+                user = f"USR-{i % users:06d}"
+                if is_due and due_users:
+                    user = f"USR-D{due_seen * due_users // due:06d}"
+                due_seen += is_due
                 when = now - timedelta(seconds=(i % 3600)) if is_due and due_due else None
                 copy.write_row(
                     (
                         f"{prefix}-{i:08d}",
-                        f"USR-{i % users:06d}",
+                        user,
                         ("chase", "mx_bank")[i % 2],
                         True,
                         "EXPIRED" if is_due else "CONNECTED",
@@ -359,25 +367,39 @@ def wait_pool_ready(proc: subprocess.Popen[bytes], concurrency: int, timeout: fl
 
 @contextlib.contextmanager
 def reauth_workers(
-    env: dict[str, str], *, processes: int, logs: Path, name: str, main_queue: str | None = None
+    env: dict[str, str],
+    *,
+    processes: int,
+    logs: Path,
+    name: str,
+    main_queue: str | None = None,
+    events_worker: bool = True,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The production profile, ready to consume: the main worker (every queue unless
-    ``main_queue``, ``processes`` pool processes) and a dedicated events worker (``-Q
-    reauth.events -c 1``). Yields both; measure the trees of both (:class:`PeakRss` takes
+    """Workers ready to consume: the main worker (every queue unless ``main_queue``, events
+    first; ``processes`` pool processes) and, with ``events_worker``, a dedicated events worker
+    (``-Q reauth.events -c 1``). Yields them; measure every tree (:class:`PeakRss` takes
     several roots)."""
-    with (
-        celery_worker(
-            env, app="worker.celery_app", queue=main_queue, concurrency=processes,
-            log=logs / f"{name}.log", name=name,
-        ) as main,
-        celery_worker(
-            env, app="worker.celery_app", queue=EVENTS_QUEUE, concurrency=1,
-            log=logs / f"{name}-events.log", name=f"{name}-events",
-        ) as events,
-    ):  # fmt: skip
-        wait_pool_ready(main, processes)
-        wait_pool_ready(events, 1)
-        yield [main, events]
+    with contextlib.ExitStack() as stack:
+        workers = [
+            stack.enter_context(
+                celery_worker(
+                    env, app="worker.celery_app", queue=main_queue, concurrency=processes,
+                    log=logs / f"{name}.log", name=name,
+                )
+            )
+        ]  # fmt: skip
+        if events_worker:
+            workers.append(
+                stack.enter_context(
+                    celery_worker(
+                        env, app="worker.celery_app", queue=EVENTS_QUEUE, concurrency=1,
+                        log=logs / f"{name}-events.log", name=f"{name}-events",
+                    )
+                )
+            )  # fmt: skip
+        for worker, pool in zip(workers, (processes, 1), strict=False):
+            wait_pool_ready(worker, pool)
+        yield workers
 
 
 def wait_queue_empty(queue: str | None = None, timeout: float = 60) -> None:

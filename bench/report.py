@@ -6,6 +6,7 @@ without running anything; :func:`plot` is the only one that needs matplotlib.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,44 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "raw": c,
                 "vs_naive": round(p / n, 1) if n else None,
                 "vs_raw": round(p / c, 2) if c else None,
+            }
+        )
+    return out
+
+
+def mx_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The MX-side runs (series ``mx``): each pipeline run with the raw ceiling measured right
+    after it, the naive rate at the same latency, and the ratios (members/s for Platform, MX
+    calls/s for Nexus, where a member may cost three calls)."""
+    naive = _main_rows(rows, "naive")
+    series = [r for r in rows if r.get("series") == "mx"]
+    out = []
+    for p, c in itertools.pairwise(series):
+        if p["kind"] != "pipeline" or c["kind"] != "raw":
+            continue
+        n = naive.get(p["latency_s"], {}).get("per_s")
+        raw = c["per_s"]
+        out.append(
+            {
+                "api": p.get("api", "nexus"),
+                "latency_s": p["latency_s"],
+                "members": p["members"],
+                "users": p.get("users"),
+                "per_s": p["per_s"],
+                "mx_calls_per_s": p.get("mx_calls_per_s"),
+                "calls_per_member": round(p["mx_calls"] / p["delivered"], 2)
+                if p.get("mx_calls") and p["delivered"]
+                else None,
+                "cpu_ms_per_member": p.get("cpu_ms_per_member"),
+                "in_flight": p["in_flight"],
+                "naive": n,
+                "raw": raw,
+                "vs_naive": round(p["per_s"] / n, 1) if n else None,
+                "vs_raw": round(p["per_s"] / raw, 2) if raw else None,
+                "calls_vs_raw": round(p["mx_calls_per_s"] / raw, 2)
+                if raw and p.get("mx_calls_per_s")
+                else None,
+                "complete": p["complete"],
             }
         )
     return out
@@ -112,6 +151,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 fast["vs_naive"] is not None and fast["vs_naive"] >= TARGET_VS_NAIVE_0MS,
             )
         )
+    for m in mx_runs(rows):
+        if m["api"] == "platform":
+            out.append(
+                _check(
+                    f"Platform API at {m['latency_s'] * 1000:.0f} ms",
+                    f"{m['per_s']:.0f} members/s, {m['vs_raw']}x raw, {m['vs_naive']}x naive",
+                    f">= {TARGET_E2E_PER_S:.0f}/s, >= {TARGET_VS_RAW_100MS}x raw",
+                    m["per_s"] >= TARGET_E2E_PER_S
+                    and m["vs_raw"] is not None
+                    and m["vs_raw"] >= TARGET_VS_RAW_100MS,
+                )
+            )
+        else:
+            out.append(
+                _check(
+                    f"Nexus, {m['members'] / (m['users'] or 1):.1f} members per user, "
+                    f"at {m['latency_s'] * 1000:.0f} ms",
+                    f"{m['mx_calls_per_s']:.0f} MX calls/s, {m['calls_vs_raw']}x raw",
+                    f">= {TARGET_VS_RAW_100MS}x raw (MX calls/s)",
+                    m["calls_vs_raw"] is not None and m["calls_vs_raw"] >= TARGET_VS_RAW_100MS,
+                )
+            )
     due = next((r for r in rows if r["kind"] == "due_query"), None)
     if due:
         out.append(
@@ -352,6 +413,45 @@ def _markdown(results: dict[str, Any]) -> str:
                         r["seconds"],
                     ]
                     for r in sorted(conc, key=lambda r: (r["kind"], r["in_flight"]))
+                ],
+            ),
+            "",
+        ]
+    mx = mx_runs(rows)
+    if mx:
+        parts += [
+            "## The MX side: Platform API, and Nexus with 1-2 members per user",
+            "",
+            "Same settings as the pipeline above (rate limit 100,000/s); the raw ceiling is "
+            "measured right after each run at the same in-flight count. Platform: one MX call "
+            "per member (Basic auth). Nexus with its own users: a new user costs an SSO API "
+            "token and a session before its OAuth window, so it is judged in MX calls/s.",
+            "",
+            _table(
+                [
+                    "API",
+                    "members (users)",
+                    "members/s",
+                    "MX calls/s (per member)",
+                    "worker CPU ms/member",
+                    "raw req/s",
+                    "/ naive",
+                    "/ raw (members)",
+                    "/ raw (MX calls)",
+                ],
+                [
+                    [
+                        m["api"],
+                        f"{m['members']:,} ({m['users']:,})",
+                        m["per_s"],
+                        f"{m['mx_calls_per_s']} ({m['calls_per_member']})",
+                        _ms(m["cpu_ms_per_member"]),
+                        m["raw"],
+                        m["vs_naive"],
+                        m["vs_raw"],
+                        m["calls_vs_raw"],
+                    ]
+                    for m in mx
                 ],
             ),
             "",

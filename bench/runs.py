@@ -27,10 +27,13 @@ def _sender() -> Celery:
     return Celery("bench-sender", broker=infra.REDIS_URL)
 
 
-def _warm_up(sender: Celery, processes: int) -> None:
-    """Let every pool process of both workers run one cheap task (a relay pass, on the main
+def _warm_up(sender: Celery, processes: int, *, events_worker: bool = True) -> None:
+    """Let every pool process of the workers run one cheap task (a relay pass, on the main
     queue for the main worker's pool, which runs it by name), so start-up is not timed."""
-    for queue, times in ((QUEUE, processes * 2), (EVENTS_QUEUE, 2)):
+    queues = (
+        ((QUEUE, processes * 2), (EVENTS_QUEUE, 2)) if events_worker else ((QUEUE, processes * 2),)
+    )
+    for queue, times in queues:
         for _ in range(times):
             sender.send_task(DELIVER_TASK, queue=queue)
     infra.wait_queue_empty()
@@ -49,36 +52,60 @@ def pipeline(
     batch_size: int,
     logs: Path,
     timeout: float,
+    api: str = "nexus",
+    due_users: int | None = None,
 ) -> dict[str, Any]:
-    """`reauth.scan` → prefork worker → sandbox → DB → outbox → Redis Stream, timed to XLEN."""
+    """`reauth.scan` → prefork worker → sandbox → DB → outbox → Redis Stream, timed to XLEN.
+
+    ``api``: REAUTH_MX_API (``nexus``: a session per user, two extra MX calls per new user;
+    ``platform``: Basic auth, one call per member). ``due_users``: the due members' own users
+    (see :func:`infra.seed_members`), else ``users`` over all members.
+    """
     infra.reset_tables(db_url)
     infra.flush_redis()
     now = utc_now()
-    infra.seed_members(db_url, total=total, due=due, now=now, users=users)
+    infra.seed_members(db_url, total=total, due=due, now=now, users=users, due_users=due_users)
     sandbox.configure(latency=latency)
     sandbox.clear_log()
     env = infra.reauth_env(
         db_url,
         sandbox,
+        REAUTH_MX_API=api,
         REAUTH_MX_MAX_CONCURRENCY=str(mx_concurrency),
         REAUTH_BATCH_SIZE=str(batch_size),
     )
     sender = _sender()
-    label = f"pipeline-{latency}-{mx_concurrency}-{due}"
-    with infra.reauth_workers(env, processes=processes, logs=logs, name=label) as procs:
-        _warm_up(sender, processes)
+    label = f"pipeline-{api}-{latency}-{mx_concurrency}-{due}"
+    # The 2-core profile: one worker, both queues, events first (a dedicated events worker
+    # adds a Celery tree, ~130 MB PSS, and no core to run it on here).
+    with infra.reauth_workers(
+        env, processes=processes, logs=logs, name=label, events_worker=False
+    ) as procs:
+        _warm_up(sender, processes, events_worker=False)
+        before = sandbox.stats()
         with infra.PeakRss(*(p.pid for p in procs)) as rss:
             started = time.perf_counter()
             sender.send_task(SCAN_TASK, queue=QUEUE, kwargs={"trigger": "bench"})
             got, ended = infra.wait_stream(infra.STREAM, due, timeout=timeout)
+        after = sandbox.stats()
     sender.close()
+    # MX requests the run made (SSO API tokens, Nexus sessions, OAuth windows).
+    calls = {
+        k: after.get(k, 0) - before.get(k, 0)
+        for k in ("api_tokens_issued", "sessions_created", "uris")
+    }
     elapsed = ended - started
     cpu_s = rss.cpu_s
     sent = infra.scalar(db_url, "SELECT count(*) FROM notifications WHERE status = 'sent'")
     return {
         "kind": "pipeline",
+        "api": api,
         "latency_s": latency,
         "members": due,
+        "users": due_users or users,
+        "mx_calls": sum(calls.values()),
+        "mx_calls_per_s": round(sum(calls.values()) / elapsed, 1),
+        "sessions_created": calls["sessions_created"],
         "total_members": total,
         "delivered": got,
         "complete": got >= due,
@@ -160,12 +187,12 @@ def naive(
 
 
 def ceiling(
-    sandbox: infra.Sandbox, *, latency: float, in_flight: int, requests: int
+    sandbox: infra.Sandbox, *, latency: float, in_flight: int, requests: int, api: str = "nexus"
 ) -> dict[str, Any]:
     sandbox.configure(latency=latency)
     sandbox.clear_log()
-    res = raw_ceiling(sandbox.base_url, in_flight=in_flight, requests=requests)
-    return {"kind": "raw", "latency_s": latency, "in_flight": in_flight, **res}
+    res = raw_ceiling(sandbox.base_url, in_flight=in_flight, requests=requests, api=api)
+    return {"kind": "raw", "api": api, "latency_s": latency, "in_flight": in_flight, **res}
 
 
 # --- the due query --------------------------------------------------------------------------------

@@ -3,15 +3,17 @@
     uv run python -m bench.waits --due 3000 --users 1500 --processes 2 --latency 0.1
 
 Runs the pipeline (``reauth.scan`` → the production profile: a prefork Celery worker with
-``--processes`` pool processes beside the events worker (one process, the relay) → the MX sandbox at
-``--latency`` → outbox → relay → Redis stream) with ``REAUTH_WAITS_FILE`` set, so the workers'
+``--processes`` pool processes beside the events worker (one process, the relay) → the MX sandbox
+at ``--latency`` → outbox → relay → Redis stream) with ``REAUTH_WAITS_FILE`` set, so the workers'
 processes time their waits (:mod:`worker.waits`): the FOR UPDATE SKIP LOCKED claims
 (``claim:members``: scan and batches; ``claim:notifications``: the relay's lease), Nexus session
 creation (``session``: a call waiting for its user's session, single-flight; ``session_lock``: a
-creator waiting for another process's creation lock), the Redis rate limiter (``rate_limiter``), the
-relay task's time queued (``relay_queued``) and its passes (``relay_pass``). Prints, per kind:
-count, p50, p99, max, total, and the total as a share of the run's wall time times the worker
-processes (how much of the tree's time went to it; concurrent waits inside one process's event loop
+creator waiting for another process's creation lock), the Redis rate limiter (``rate_permit``: a
+call reserving its slot before the in-flight cap, ``MxClient.admit``; ``rate_limiter``: the time
+inside the cap spent on the rate limit, waiting for that slot or taking a new one), the relay
+task's time queued (``relay_queued``) and its passes (``relay_pass``). Prints, per kind: count,
+p50, p99, max, total, and the total as a share of the run's wall time times the worker processes
+(how much of the tree's time went to it; concurrent waits inside one process's event loop
 overlap, so for the MX-side kinds read the per-call figures). Writes
 ``bench/profiles/waits-<label>.json``.
 """
@@ -62,6 +64,9 @@ def main() -> None:
     parser.add_argument("--mx-concurrency", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--rate", default="100000", help="REAUTH_MX_RATE_LIMIT_PER_SECOND")
+    parser.add_argument(
+        "--api", default="nexus", choices=["nexus", "platform"], help="REAUTH_MX_API"
+    )
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
 
@@ -71,6 +76,8 @@ def main() -> None:
     infra.flush_redis()
     infra.seed_members(url, total=args.due * 3, due=args.due, now=utc_now(), users=args.users)
     label = f"{args.due}-{args.users}u-{args.processes}p-{args.latency}-rate{args.rate}"
+    if args.api != "nexus":
+        label += f"-{args.api}"
     with tempfile.TemporaryDirectory() as tmp:
         waits_file = Path(tmp) / "waits.tsv"
         with infra.sandbox_process(args.latency, logs / "waits-sandbox.log") as sb:
@@ -80,6 +87,7 @@ def main() -> None:
                 REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
                 REAUTH_BATCH_SIZE=str(args.batch_size),
                 REAUTH_MX_RATE_LIMIT_PER_SECOND=args.rate,
+                REAUTH_MX_API=args.api,
                 REAUTH_WAITS_FILE=str(waits_file),
             )
             sender = _sender()

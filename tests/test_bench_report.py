@@ -384,3 +384,45 @@ def test_one_sitting_names_its_sections_and_gathers_every_target() -> None:
     assert "| end to end at 100 ms |" in top
     del results["all"]
     assert "One sitting" not in report.markdown(results)
+
+
+def test_mx_runs_judge_platform_in_members_and_nexus_in_mx_calls() -> None:
+    """Series ``mx``: each pipeline run against the raw ceiling measured right after it;
+    Platform by members/s, Nexus with its own users by MX calls/s (a member costs up to 3)."""
+    results = _results()
+    base = {"kind": "pipeline", "series": "mx", "latency_s": 0.1, "in_flight": 400}
+    results["rows"] += [
+        {
+            **base,
+            "api": "platform",
+            "members": 20_000,
+            "users": 100,
+            "per_s": 1100.0,
+            "mx_calls": 20_000,
+            "mx_calls_per_s": 1100.0,
+            "delivered": 20_000,
+            "complete": True,
+        },
+        {"kind": "raw", "series": "mx", "latency_s": 0.1, "in_flight": 400, "per_s": 2000.0},
+        {
+            **base,
+            "api": "nexus",
+            "members": 20_000,
+            "users": 13_333,
+            "per_s": 300.0,
+            "mx_calls": 46_666,
+            "mx_calls_per_s": 700.0,
+            "delivered": 20_000,
+            "complete": True,
+        },
+        {"kind": "raw", "series": "mx", "latency_s": 0.1, "in_flight": 400, "per_s": 2000.0},
+    ]
+    platform, nexus = report.mx_runs(results["rows"])
+    assert (platform["vs_raw"], platform["vs_naive"]) == (0.55, 61.1)
+    assert (nexus["calls_vs_raw"], nexus["calls_per_member"]) == (0.35, 2.33)
+    verdicts = {t["target"]: t["met"] for t in report.targets(results)}
+    assert verdicts["Platform API at 100 ms"] is True
+    assert verdicts["Nexus, 1.5 members per user, at 100 ms"] is False
+    page = report.markdown(results)
+    assert "## The MX side: Platform API, and Nexus with 1-2 members per user" in page
+    assert "| nexus | 20,000 (13,333) | 300.0 | 700.0 (2.33) |" in page

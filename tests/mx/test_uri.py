@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.mx.uri import Refusal, UriRules, check_uri
+from worker.mx.uri import Refusal, UriRules, _check_origin, check_uri
 
 STRICT = UriRules()
 INSECURE = UriRules(allow_insecure=True)
@@ -103,3 +103,22 @@ def test_userinfo_never_passes(user: str) -> None:
     """Property: whatever precedes an ``@`` in the authority, the URI is refused."""
     check = check_uri(f"https://{user}@evil.example/x", INSECURE)
     assert not check.ok
+
+
+_PRINTABLE_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\")
+
+
+@given(
+    scheme=st.sampled_from(["https", "http", "HTTPS", "ftp", "ht:tp"]),
+    authority=st.text(_PRINTABLE_CHARS, max_size=30),
+    rest=st.text(_PRINTABLE_CHARS, max_size=30),
+    rules=st.sampled_from([STRICT, INSECURE, MX_ONLY]),
+)
+def test_the_verdict_kept_per_origin_is_the_full_checks(
+    scheme: str, authority: str, rest: str, rules: UriRules
+) -> None:
+    """The per-origin cache gives what checking the whole URI gives, first time or not."""
+    uri = f"{scheme}://{authority}{rest}"
+    full = _check_origin(uri, rules)
+    assert check_uri(uri, rules) == full
+    assert check_uri(uri, rules) == full

@@ -73,7 +73,13 @@ from worker.mx.health import (
     MemoryTally,
     RedisTally,
 )
-from worker.mx.ratelimit import KEY_PREFIX, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from worker.mx.ratelimit import (
+    KEY_PREFIX,
+    LocalRateLimiter,
+    Permit,
+    RateLimiter,
+    RedisRateLimiter,
+)
 from worker.mx.responses import (
     BodyTooLarge,
     body_document,
@@ -103,6 +109,10 @@ _COMMON_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "reauth-worker"}
 SESSION_TRIES = 4
 #: Statuses that refuse our credentials or access, for one user or for the whole client.
 _REFUSALS = frozenset({401, 403})
+#: Every request carries an empty body (GETs, and the session POST).
+_EMPTY_BODY = httpx.ByteStream(b"")
+#: Distinct query strings and header shapes kept per client (calls repeat a handful of each).
+_CACHE_MAX = 256
 #: Unknown URI hosts logged at WARNING once per process each (then DEBUG); bounded memory.
 _UNKNOWN_HOSTS_LOGGED_MAX = 1000
 
@@ -169,6 +179,8 @@ class MxClient:
         if self._session_ttl <= timedelta(0):
             raise ValueError("REAUTH_MX_SESSION_MARGIN must be shorter than 30 minutes")
         self._unknown_hosts: set[str] = set()
+        self._queries: dict[tuple[tuple[str, str], ...], str] = {}
+        self._templates: dict[tuple[str, bytes, tuple[tuple[str, str], ...]], httpx.Headers] = {}
         self._state: _LoopState | None = None
 
     def __repr__(self) -> str:
@@ -272,8 +284,41 @@ class MxClient:
         )
 
     # --- the calls -----------------------------------------------------------------------------
-    async def generate_oauth_window_uri(self, request: OAuthRequest) -> OAuthWindow:
-        """A fresh one-time OAuth window URI for ``request.member_guid``.
+    async def admit(self, request: OAuthRequest) -> Permit:
+        """What a call needs before it takes an in-flight slot: on Nexus the user's session
+        (made or read, single-flight), then a rate-limit slot (:class:`Permit`). Pass the
+        permit to the call; meanwhile other calls use the in-flight slots.
+
+        Raises the errors of :meth:`generate_oauth_window_uri` that are not about the answer
+        (session creation failures, RateLimitBacklog, MxConnectionError).
+        """
+        state = self._loop_state()
+        if self._dialect.auth is Auth.SESSION:
+            assert isinstance(self._dialect, NexusDialect)
+            flow = self._dialect.sessions
+            user = self._dialect.user_key(request.user_guid, request.user_id)
+
+            async def create() -> str:
+                return await self._create_session(state, flow, user)
+
+            await state.sessions.token_for(user, create)
+        return await self._permit(state)
+
+    @staticmethod
+    async def _permit(state: _LoopState) -> Permit:
+        if waits.FILE is None:
+            return await state.limiter.permit()
+        t0 = time.perf_counter()  # the benchmark's wait timings (bench.waits)
+        try:
+            return await state.limiter.permit()
+        finally:
+            waits.note("rate_permit", time.perf_counter() - t0)
+
+    async def generate_oauth_window_uri(
+        self, request: OAuthRequest, *, permit: Permit | None = None
+    ) -> OAuthWindow:
+        """A fresh one-time OAuth window URI for ``request.member_guid``; ``permit`` (from
+        :meth:`admit`) stands for its first request's rate-limit slot while still fresh.
 
         Raises:
             NotOAuthCapable (incl. BlankOAuthUri), MemberNotFound, MxBadRequest,
@@ -288,7 +333,7 @@ class MxClient:
         state = self._loop_state()
         call = self._dialect.oauth_window(request)
         user = self._dialect.user_key(request.user_guid, request.user_id)
-        answer = await self._authorized(state, call, user)
+        answer = await self._authorized(state, call, user, permit)
         doc = self._success_doc(answer, call.what)
         fields = self._dialect.window_fields(doc, what=call.what, status=answer.status)
         uri = fields.oauth_window_uri
@@ -375,14 +420,16 @@ class MxClient:
             )
 
     # --- credentials ---------------------------------------------------------------------------
-    async def _authorized(self, state: _LoopState, call: Call, user: str) -> _Answer:
+    async def _authorized(
+        self, state: _LoopState, call: Call, user: str, permit: Permit | None = None
+    ) -> _Answer:
         """Send ``call`` with the dialect's credentials. Returns the answer unless it is a
         refusal (raised per :mod:`worker.mx.health`) or a session that stays expired."""
         if self._dialect.auth is Auth.BASIC:
-            answer = await self._exchange(state, call, {"Authorization": self._basic})
+            answer = await self._exchange(state, call, {"Authorization": self._basic}, permit)
             scope = self._dialect.health_scope
         else:
-            answer = await self._with_session(state, call, user)
+            answer = await self._with_session(state, call, user, permit)
             scope = SCOPE_NEXUS
         if answer.ok:
             await state.health.succeeded(scope)
@@ -390,7 +437,9 @@ class MxClient:
             await self._refused(state, scope, user, answer, call.what)
         return answer
 
-    async def _with_session(self, state: _LoopState, call: Call, user: str) -> _Answer:
+    async def _with_session(
+        self, state: _LoopState, call: Call, user: str, permit: Permit | None
+    ) -> _Answer:
         """Nexus: send with the user's session; on 401/4011 drop it, get the newest one
         (single-flight per user) and send again, at most :data:`SESSION_TRIES` times."""
         assert isinstance(self._dialect, NexusDialect)
@@ -401,7 +450,8 @@ class MxClient:
 
         for attempt in range(1, SESSION_TRIES + 1):
             token = await state.sessions.token_for(user, create)
-            answer = await self._exchange(state, call, {P.HEADER_SESSION_TOKEN: token})
+            answer = await self._exchange(state, call, {P.HEADER_SESSION_TOKEN: token}, permit)
+            permit = None  # one slot, one request
             if answer.ok or not flow.is_session_expired(answer.status, answer.doc):
                 return answer
             # MX expired the session (or never had it). Another call may already have made a
@@ -487,21 +537,72 @@ class MxClient:
             raise self._error(answer, what)
         return decode_success(answer.status, answer.body, what=what)
 
-    async def _exchange(self, state: _LoopState, call: Call, auth: dict[str, str]) -> _Answer:
+    def _request(self, call: Call, auth: dict[str, str]) -> httpx.Request:
+        """``httpx.Request(method, url, headers={common, call, auth})``, built from parts kept
+        between calls: the query string per distinct parameters, and the headers httpx would
+        compute (Host, Content-Length for a POST, ours, the dialect's) per distinct call shape.
+        Only the credentials are added per request. Equal to the plain construction
+        (tests/mx/test_transport_fast_path.py)."""
+        url = call.url
+        if call.params:
+            key = tuple(call.params.items())
+            query = self._queries.get(key)
+            if query is None:
+                query = urlencode(call.params)
+                if len(self._queries) < _CACHE_MAX:
+                    self._queries[key] = query
+            url = f"{url}?{query}"
+        target = request_url(url)
+        shape = (call.method, target.netloc, tuple(call.headers.items()))
+        template = self._templates.get(shape)
+        if template is None:
+            template = httpx.Request(
+                call.method, target, headers={**_COMMON_HEADERS, **call.headers}
+            ).headers
+            if len(self._templates) < _CACHE_MAX:
+                self._templates[shape] = template
+        headers = httpx.Headers(template)  # a copy of the encoded list, no re-encoding
+        for name, value in auth.items():
+            headers[name] = value
+        request = httpx.Request(
+            call.method,
+            target,
+            headers=headers,
+            stream=_EMPTY_BODY,  # a given stream: httpx adds no headers of its own again
+            extensions={"timeout": self._timeout_ext},
+        )
+        request.read()
+        return request
+
+    async def _exchange(
+        self,
+        state: _LoopState,
+        call: Call,
+        auth: dict[str, str],
+        permit: Permit | None = None,
+    ) -> _Answer:
         """One HTTP request under the concurrency cap and the rate limit; body read capped.
+
+        The rate-limit slot is reserved before the cap (``permit``, from :meth:`admit`, or
+        here), so the Redis round trip holds no in-flight slot; inside the cap the request
+        waits for its slot, or takes a new one right before sending if the permit has grown
+        stale meanwhile (worker.mx.ratelimit: no request starts before its slot or long after).
 
         Raises only :class:`MxError` subclasses (transport failures, oversized bodies, no
         rate-limit slot within the timeout).
         """
         what = call.what
+        if permit is None:
+            permit = await self._permit(state)
         async with state.semaphore:
-            # The rate-limit slot is taken only once we may send, right before sending (see
-            # worker.mx.ratelimit for why a slot taken earlier could break the global rate).
             if waits.FILE is None:
-                await state.limiter.acquire()
+                if not await permit.use(state.loop):
+                    await state.limiter.acquire()
             else:  # the benchmark's wait timings (bench.waits)
                 t0 = time.perf_counter()
-                await state.limiter.acquire()
+                if not await permit.use(state.loop):
+                    waits.note("rate_permit_stale", state.loop.time() - permit.at)
+                    await state.limiter.acquire()
                 waits.note("rate_limiter", time.perf_counter() - t0)
             started = time.perf_counter()
             status = 0
@@ -509,14 +610,7 @@ class MxClient:
                 async with asyncio.timeout(self._timeout):
                     # A plain Request with the query pre-encoded, sent straight to the transport
                     # (see the module docstring): no client-level work per call.
-                    request = httpx.Request(
-                        call.method,
-                        request_url(
-                            f"{call.url}?{urlencode(call.params)}" if call.params else call.url
-                        ),
-                        headers={**_COMMON_HEADERS, **call.headers, **auth},
-                        extensions={"timeout": self._timeout_ext},
-                    )
+                    request = self._request(call, auth)
                     response = await state.transport.handle_async_request(request)
                     status = response.status_code
                     try:

@@ -13,10 +13,18 @@ Redis's own ``TIME`` inside a Lua script, so the hosts' clocks never need to agr
 read-modify-write race exists between processes. Callers sleep a *relative* delay measured from
 the script's answer, so only local clock rate matters.
 
-Two rules keep the bound honest in the client (see :mod:`worker.mx.client`): a slot is taken
-only after the concurrency semaphore is held, immediately before the request is sent (a slot
-taken earlier and used late could bunch up with later slots); and a cancelled waiter's slot is
-simply wasted, which errs on the slow side.
+Two rules keep the bound honest in the client (see :mod:`worker.mx.client`): no request
+starts before its slot, nor more than :data:`PERMIT_GRACE` after it (a slot used late bunches
+up with later ones); and a cancelled waiter's slot is simply wasted, which errs on the slow
+side. The slot is reserved *before* the in-flight cap (a :class:`Permit`: ``MxClient.admit``
+before the batch's gate, or at the start of ``_exchange`` before the semaphore), so the Redis
+round trip holds no in-flight slot; inside the cap the request sleeps until its slot, or, if
+the permit is more than ``PERMIT_GRACE`` old by then, takes a new slot right there. Hence in
+any one-second window at most ``rate x (1 + PERMIT_GRACE) + 1`` requests start. Why a grace
+at all: the calls of a batch get their slots together and then run one after another on one
+event loop; under CPU load the last of a wave of 200 reaches its socket 100-200 ms after its
+slot (measured by ``python -m bench.waits``, ``rate_permit_stale``). Taking the slot inside the
+cap, as before, had exactly that lateness too, with no bound at all.
 
 The shared state cannot be poisoned (a rate of 0.01/s once pushed the next slot ten minutes
 ahead and stalled every worker even after the setting was fixed):
@@ -80,8 +88,37 @@ return {k, wait}
 """
 
 
+#: Longest a request may start after its slot (seconds); an older permit is not used.
+PERMIT_GRACE = 0.25
+
+
+class Permit:
+    """One reserved slot, taken ahead of the in-flight cap: the loop time it starts at."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    async def use(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Wait for the slot; ``False`` (nothing waited) when it is too old to use."""
+        lateness = loop.time() - self.at
+        if lateness > PERMIT_GRACE:
+            return False
+        if lateness < 0:
+            await asyncio.sleep(-lateness)
+        return True
+
+
 class RateLimiter(Protocol):
     """Waits until the caller may send one request."""
+
+    async def permit(self) -> Permit:
+        """Reserve a slot without waiting for it (taken before the in-flight cap).
+
+        Raises the same errors as :meth:`acquire`.
+        """
+        ...
 
     async def acquire(self) -> float:
         """Wait for a slot; returns the seconds waited.
@@ -115,7 +152,7 @@ class LocalRateLimiter:
         self._max_wait = max_wait
         self._tat = 0.0
 
-    async def acquire(self) -> float:
+    def _take(self) -> float:
         # No await between reading and writing _tat, so no lock is needed on one event loop.
         now = time.monotonic()
         slot = max(self._tat, now)
@@ -123,6 +160,13 @@ class LocalRateLimiter:
         if wait > self._max_wait:
             raise _backlog(wait)
         self._tat = slot + self._interval
+        return wait
+
+    async def permit(self) -> Permit:
+        return Permit(asyncio.get_running_loop().time() + self._take())
+
+    async def acquire(self) -> float:
+        wait = self._take()
         if wait > 0:
             await asyncio.sleep(wait)
         return wait
@@ -159,20 +203,28 @@ class RedisRateLimiter:
         taken, wait = int(raw[0]), max(0, int(raw[1])) / 1e6
         return taken, wait
 
-    async def acquire(self) -> float:
-        # Callers arriving together (a batch's calls released by the semaphore at once) share
-        # one script call that reserves a run of consecutive slots, one per caller: the same
-        # spacing as one call each, for one Redis round trip instead of many.
+    async def permit(self) -> Permit:
+        # Callers arriving together (a batch's calls, admitted at once) share one script call
+        # that reserves a run of consecutive slots, one per caller: the same spacing as one
+        # call each, for one Redis round trip instead of many.
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[float] = loop.create_future()
         self._waiters.append(fut)
         if not self._flushing:
             self._flushing = True
             loop.create_task(self._reserve_for_waiters())  # noqa: RUF006 - result via futures
-        wait = await fut
+        return Permit(await fut)
+
+    async def acquire(self) -> float:
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        permit = await self.permit()
+        # Slots are absolute loop times: a caller resumed after its slot sends at once (no
+        # timer per caller when many wake together).
+        wait = permit.at - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
-        return wait
+        return max(0.0, permit.at - asked)
 
     async def _reserve_for_waiters(self) -> None:
         try:
@@ -190,10 +242,13 @@ class RedisRateLimiter:
                     w.set_exception(exc)
             return
         interval = self._interval_us / 1e6
+        # The script's relative wait, from when its answer arrived (only local clock rate
+        # matters, as before).
+        base = asyncio.get_running_loop().time() + first
         for i, w in enumerate(waiters):
             if w.done():  # a cancelled caller's slot is simply wasted (errs slow)
                 continue
             if i < taken:
-                w.set_result(first + i * interval)
+                w.set_result(base + i * interval)
             else:
                 w.set_exception(_backlog(first + i * interval))

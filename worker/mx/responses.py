@@ -65,6 +65,12 @@ async def read_capped(response: httpx.Response, limit: int) -> bytes:
         if len(preloaded) > limit:
             raise BodyTooLarge
         return preloaded
+    direct = getattr(response.stream, "read_capped", None)
+    if direct is not None:  # the production transport's stream (worker.mx.transport)
+        body: bytes | None = await direct(limit)
+        if body is None:
+            raise BodyTooLarge
+        return body
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_raw():

@@ -193,12 +193,16 @@ class SessionManager:
             task.add_done_callback(lambda t: self._finished(user, t))
         # shield: one waiter being cancelled must not cancel the creation the others wait for.
         if waits.FILE is None:
-            return await asyncio.shield(task)
-        t0 = time.perf_counter()  # the benchmark's wait timings (bench.waits)
-        try:
-            return await asyncio.shield(task)
-        finally:
-            waits.note("session", time.perf_counter() - t0)
+            token = await asyncio.shield(task)
+        else:
+            t0 = time.perf_counter()  # the benchmark's wait timings (bench.waits)
+            try:
+                token = await asyncio.shield(task)
+            finally:
+                waits.note("session", time.perf_counter() - t0)
+        # The caller's next request for this user (after MxClient.admit) reads it locally.
+        self._local[user] = (token, time.monotonic() + LOCAL_TTL_SECONDS)
+        return token
 
     def _finished(self, user: str, task: asyncio.Task[str]) -> None:
         if self._inflight.get(user) is task:

@@ -102,13 +102,44 @@ class _NoRetryAiohttpTransport(AiohttpTransport):
                 compress=False,
                 timeout=client_timeout,
             ).__aenter__()
-        return httpx.Response(
+        answer = httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=AiohttpResponseStream(response),
+            stream=_CappedStream(response),
             request=request,
-            extensions={"http_version": b"HTTP/1.1"},
+            extensions=_HTTP11,
         )
+        # Header bytes as received are read as latin-1 (what HTTP/1.1 allows on the wire):
+        # httpx would otherwise try ascii then utf-8 over every header on each lookup.
+        answer.headers.encoding = "latin-1"
+        return answer
+
+
+_HTTP11 = {"http_version": b"HTTP/1.1"}
+
+
+class _CappedStream(AiohttpResponseStream):
+    """The aiohttp body stream, plus a capped read straight from aiohttp's buffer.
+
+    :func:`worker.mx.responses.read_capped` uses :meth:`read_capped` when present: the same
+    bytes and the same cap as iterating the stream, without httpx's per-chunk layers.
+    """
+
+    async def read_capped(self, limit: int) -> bytes | None:
+        """The whole body, or ``None`` once it exceeds ``limit`` bytes (the rest unread)."""
+        content = self._aiohttp_response.content
+        chunks: list[bytes] = []
+        size = 0
+        with map_aiohttp_exceptions():
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 #: A path and query httpx would leave exactly as they are: unreserved characters, the

@@ -82,6 +82,12 @@ def host_matches(host: str, domains: Iterable[str]) -> bool:
 _PRINTABLE = re.compile(r"[!-\[\]-~]*")
 
 
+#: Verdicts by ``scheme://authority`` (and rules): past the length and character checks, the
+#: verdict depends on nothing else, and MX's URIs share a handful of origins.
+_by_origin: dict[tuple[str, UriRules], UriCheck] = {}
+_BY_ORIGIN_MAX = 256
+
+
 def check_uri(uri: str, rules: UriRules) -> UriCheck:
     """Check an ``oauth_window_uri`` against ``rules``. Never raises."""
     if len(uri) > MAX_URI_LENGTH:
@@ -90,6 +96,27 @@ def check_uri(uri: str, rules: UriRules) -> UriCheck:
     # backslash, which browsers and urlsplit read differently.
     if _PRINTABLE.fullmatch(uri) is None:
         return UriCheck(Refusal.CHARACTERS)
+    sep = uri.find("://")
+    if sep < 0:
+        return _check_origin(uri, rules)
+    # Where urlsplit ends the authority: the first "/", "?" or "#" after "//".
+    end = len(uri)
+    for stop in "/?#":
+        at = uri.find(stop, sep + 3, end)
+        if at >= 0:
+            end = at
+    key = (uri[:end], rules)
+    verdict = _by_origin.get(key)
+    if verdict is None:
+        verdict = _check_origin(key[0], rules)
+        if len(_by_origin) < _BY_ORIGIN_MAX:
+            _by_origin[key] = verdict
+    return verdict
+
+
+def _check_origin(uri: str, rules: UriRules) -> UriCheck:
+    """Everything :func:`check_uri` checks after the characters (reads scheme and authority
+    only)."""
     try:
         parts = urlsplit(uri)
     except ValueError:  # e.g. an unbalanced IPv6 bracket

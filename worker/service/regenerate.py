@@ -114,6 +114,10 @@ async def call_all(
 ) -> list[CallResult]:
     """Call MX for every request, at most ``concurrency`` at a time.
 
+    What a call waits for before it may send (its user's Nexus session, a rate-limit slot:
+    ``MxClient.admit``) is waited for *outside* the gate, so a call held up by either leaves
+    its in-flight slot to a call that is ready.
+
     A configuration error (401/403 after a session refresh) stops the batch: calls not yet
     started are skipped, since they would fail the same way and burn quota.
     """
@@ -121,23 +125,26 @@ async def call_all(
     stop = asyncio.Event()
 
     async def one(req: OAuthRequest) -> CallResult:
-        async with gate:
-            if stop.is_set():
-                return CallResult(skipped=True)
-            started = time.perf_counter()
-            with tracing.span(
-                "reauth.mx_call",
-                {"reauth.member_guid": req.member_guid, "reauth.referral": req.referral_source},
-            ) as current:
-                try:
-                    window = await mx.generate_oauth_window_uri(req)
-                except MxError as exc:
-                    tracing.record_error(current, exc)
-                    if isinstance(exc, MxConfigurationError):
-                        stop.set()
-                    return CallResult(error=exc, latency_ms=_ms(started), span=tracing.current())
-                failpoints.hit("during_mx_calls")
-                return CallResult(window=window, latency_ms=_ms(started), span=tracing.current())
+        if stop.is_set():
+            return CallResult(skipped=True)
+        started = time.perf_counter()
+        with tracing.span(
+            "reauth.mx_call",
+            {"reauth.member_guid": req.member_guid, "reauth.referral": req.referral_source},
+        ) as current:
+            try:
+                permit = await mx.admit(req)
+                async with gate:
+                    if stop.is_set():
+                        return CallResult(skipped=True)
+                    window = await mx.generate_oauth_window_uri(req, permit=permit)
+            except MxError as exc:
+                tracing.record_error(current, exc)
+                if isinstance(exc, MxConfigurationError):
+                    stop.set()
+                return CallResult(error=exc, latency_ms=_ms(started), span=tracing.current())
+            failpoints.hit("during_mx_calls")
+            return CallResult(window=window, latency_ms=_ms(started), span=tracing.current())
 
     return list(await asyncio.gather(*(one(r) for r in requests)))
 
