@@ -272,6 +272,19 @@ def markdown(results: dict[str, Any], kept: str = "") -> str:
     return f"{page.rstrip()}\n\n{kept}\n" if kept else page
 
 
+#: What the pipeline runs had on and off (the issue asks for it beside the figures).
+FEATURES = (
+    "Settings and features of every pipeline run: one Celery worker consuming both queues, "
+    "`reauth.events` first (the relay and webhook application; the 2-core profile, no separate "
+    "events worker); the batch heartbeat thread on (REAUTH_CLAIM_HEARTBEAT=10s); funnel events "
+    "and episode summaries written (always on); delivery to a Redis stream; logs JSON at "
+    "WARNING (the one INFO line per batch not emitted, per-member lines are DEBUG). Off: "
+    "tracing (OTEL_EXPORTER_OTLP_ENDPOINT unset), notification grouping (REAUTH_NOTIFY_GROUPING "
+    "unset). The live MX read before a reminder does not occur: every due member is on its "
+    "first notification (reminders_sent 0)."
+)
+
+
 def _finished(results: dict[str, Any]) -> dict[str, str | None]:
     """When each section's run finished (``YYYY-MM-DD HH:MM UTC``, so strings compare)."""
     return {
@@ -363,6 +376,8 @@ def _markdown(results: dict[str, Any]) -> str:
         f"Nexus API, {cfg['users']} MX users. Naive: {cfg['naive_sample']:,} members, one "
         f"task each, prefork concurrency {cfg['processes']}. Raw: aiohttp, "
         "same in-flight count as the pipeline, Nexus oauth_window_uri with a valid session.",
+        "",
+        FEATURES,
         "",
         _table(
             [
