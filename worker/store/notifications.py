@@ -295,6 +295,10 @@ def assign_groups(
     )
 
 
+_URI = N.payload["oauth_window_uri"].as_string()
+_GENERATED_AT = N.payload["generated_at"].as_string()
+
+
 def claim_stale(
     session: Session,
     *,
@@ -309,10 +313,19 @@ def claim_stale(
     Rows carry their link's age in ``payload.generated_at``; JSON is not indexable portably, so
     this reads the due pending rows (a small set: the outbox drains within seconds) and filters.
     """
+    # Only the two fields the check reads, extracted by the database: the relay runs this before
+    # every batch, and decoding each candidate's whole payload was ~4% of the worker tree's CPU.
     candidates = session.execute(
-        select(N.id, N.payload).where(_due(now)).order_by(N.created_at, N.id).limit(limit * 4)
+        select(N.id, _URI, _GENERATED_AT)
+        .where(_due(now))
+        .order_by(N.created_at, N.id)
+        .limit(limit * 4)
     ).all()
-    stale = [row.id for row in candidates if link_is_stale(row.payload, now, max_age)][:limit]
+    stale = [
+        rid
+        for rid, uri, generated_at in candidates
+        if link_is_stale({"oauth_window_uri": uri, "generated_at": generated_at}, now, max_age)
+    ][:limit]
     if not stale:
         return []
     taken = leases.claim(
@@ -358,6 +371,10 @@ def renew(session: Session, ids: Iterable[uuid.UUID], owner: str, *, until: date
     return leases.renew(session, N, ids, owner, until=until)
 
 
+_EPISODE = N.payload["episode"].as_integer()
+_REMINDER = N.payload["reminder"].as_integer()
+
+
 def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None:
     """Not filtered on the owner: the message did go out, whoever holds the claim now.
     The rows marked are the funnel's NOTIFIED (same transaction)."""
@@ -374,10 +391,12 @@ def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None
                 last_error=None,
                 updated_at=now,
             )
-            .returning(N.member_id, N.payload)
+            # The two fields the funnel needs, extracted by the database: decoding each whole
+            # payload again here was ~3% of the worker tree's CPU.
+            .returning(N.member_id, _EPISODE, _REMINDER)
             .execution_options(synchronize_session=False)
         ).all()
-        funnel.notified(session, [(r.member_id, dict(r.payload)) for r in sent], now)
+        funnel.notified(session, [(r[0], r[1], r[2]) for r in sent], now)
 
 
 def held_rows(session: Session, ids: Iterable[uuid.UUID], owner: str) -> list[Notification]:
