@@ -4,46 +4,73 @@
 executemany: psycopg sends it in pipeline mode, but still as one UPDATE per row, each parsed,
 bound and executed by the server and built by the client (it was ~15% of the worker tree's CPU;
 bench/RESULTS.md, "Speed round two"). On PostgreSQL :func:`update_by_id` sends instead one
-``UPDATE t SET c = v.c ... FROM unnest(:ids, :c, ...) AS v WHERE t.id = v.id`` per set of
-columns, each column's values bound as one array: the SQL text is the same for every batch
-(compiled once, cached), and the server plans it once. SQLite (in process, no round trips)
-keeps the executemany. :func:`insert_rows` likewise sends one ``INSERT ... SELECT * FROM
-unnest(...)`` (psycopg's executemany without RETURNING is also a statement per row).
-Python-side column ``default`` and ``onupdate`` values (``created_at``, ``updated_at``) are
-applied as the ORM applies them, computed once per batch. Never commits.
+``UPDATE t SET c = v.c ... FROM json_populate_recordset(NULL::t, :rows) AS v WHERE t.id = v.id``
+per set of columns, and :func:`insert_rows` one ``INSERT INTO t (...) SELECT ... FROM
+json_populate_recordset(...)``: the batch's rows go as **one JSON parameter** (encoded by orjson,
+in C), and the server converts each value to its column's type (the table's row type). The SQL
+text is constant per (table, columns): prepared once per connection. Binding each column as a
+typed array to ``unnest`` (the previous form) made psycopg dump every value in Python (its array
+dumper was ~6% of the worker tree's CPU). SQLite (in process, no round trips) keeps the
+executemany. Python-side column ``default`` and ``onupdate`` values (``created_at``,
+``updated_at``) are applied as the ORM applies them, computed once per batch; times must be
+timezone-aware, as :class:`models.base.UTCDateTime` requires. Never commits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, column, func, insert, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+import orjson
+from sqlalchemy import Table, insert, text, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.elements import TextClause
 
-_STATEMENTS: dict[tuple[str, tuple[str, ...]], Update] = {}
-_INSERTS: dict[tuple[str, tuple[str, ...]], Insert] = {}
-
-
-def _unnest(table: Table, names: tuple[str, ...]) -> Any:
-    """``unnest(:a_x::TYPE[], ...) AS v(x, ...)``: psycopg binds each column's values as one
-    typed array (typed even when every value is NULL)."""
-    arrays = [bindparam(f"a_{n}", type_=ARRAY(table.c[n].type)) for n in names]
-    return (
-        func.unnest(*arrays)
-        .table_valued(*(column(n, table.c[n].type) for n in names))
-        .render_derived(name="v")
-    )
+_STATEMENTS: dict[tuple[str, str, tuple[str, ...]], TextClause] = {}
 
 
-def _insert_statement(table: Table, keys: tuple[str, ...]) -> Insert:
-    found = _INSERTS.get((table.name, keys))
-    if found is None:
-        v = _unnest(table, keys)
-        found = insert(table).from_select(list(keys), select(*(v.c[k] for k in keys)))
-        _INSERTS[(table.name, keys)] = found
+def _time(value: Any) -> str:
+    """orjson's ``default`` for datetimes (passed through to it): naive ones are refused, as
+    :class:`models.base.UTCDateTime` refuses them on every other path."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass timezone-aware UTC times")
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} in a bulk statement")
+
+
+def _rows_json(names: Sequence[str], group: Sequence[dict[str, Any]]) -> str:
+    try:
+        return orjson.dumps(
+            [{n: r[n] for n in names} for r in group],
+            default=_time,
+            option=orjson.OPT_PASSTHROUGH_DATETIME,
+        ).decode()
+    except orjson.JSONEncodeError as exc:
+        if isinstance(exc.__cause__, ValueError):  # _time's refusal, not an encoding problem
+            raise exc.__cause__ from None
+        raise
+
+
+def _statement(dialect: Dialect, table: Table, kind: str, keys: tuple[str, ...]) -> TextClause:
+    """The constant SQL text of an INSERT or UPDATE of ``keys`` from the ``:rows`` JSON array,
+    one object per (table, kind, columns) so SQLAlchemy's and psycopg's caches are hit."""
+    found = _STATEMENTS.get((table.name, kind, keys))
+    if found is not None:
+        return found
+    q = dialect.identifier_preparer
+    t = q.format_table(table)
+    cols = [q.quote(k) for k in keys]
+    rows = f"json_populate_recordset(NULL::{t}, CAST(:rows AS json)) AS v"
+    if kind == "insert":
+        sql = f"INSERT INTO {t} ({', '.join(cols)}) SELECT {', '.join(f'v.{c}' for c in cols)} "
+        sql += f"FROM {rows}"
+    else:
+        sets = ", ".join(f"{c} = v.{c}" for c in cols)
+        sql = f"UPDATE {t} SET {sets} FROM {rows} WHERE {t}.id = v.id"
+    found = _STATEMENTS[(table.name, kind, keys)] = text(sql)
     return found
 
 
@@ -75,44 +102,27 @@ def insert_rows(session: Session, model: Any, rows: Sequence[dict[str, Any]]) ->
     """Insert ``rows`` (dicts of column values) into ``model``'s table."""
     if not rows:
         return
-    if session.get_bind().dialect.name != "postgresql":
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
         session.execute(insert(model), list(rows))
         return
     table: Table = model.__table__
     for keys, group in _grouped(rows, _defaults(table, "default"), None).items():
-        session.execute(_insert_statement(table, keys), _arrays(keys, group))
-
-
-def _arrays(names: Sequence[str], group: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {f"a_{n}": [r[n] for r in group] for n in names}
-
-
-def _statement(table: Table, keys: tuple[str, ...]) -> Update:
-    """``UPDATE table SET k = v.k ... FROM unnest(...) AS v(id, k...) WHERE table.id = v.id``,
-    one object per (table, columns), so SQLAlchemy's compiled cache is hit on every batch."""
-    found = _STATEMENTS.get((table.name, keys))
-    if found is not None:
-        return found
-    v = _unnest(table, ("id", *keys))
-    stmt = (
-        update(table)
-        .where(table.c.id == v.c.id)
-        .values({k: v.c[k] for k in keys})
-        .execution_options(synchronize_session=False)
-    )
-    _STATEMENTS[(table.name, keys)] = stmt
-    return stmt
+        stmt = _statement(bind.dialect, table, "insert", keys)
+        session.execute(stmt, {"rows": _rows_json(keys, group)})
 
 
 def update_by_id(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:
     """Write ``rows`` (each a dict with ``id`` and the columns to set) to ``model``'s table."""
     if not rows:
         return
-    if session.get_bind().dialect.name != "postgresql":
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
         session.execute(update(model), list(rows))
         return
     table: Table = model.__table__
     # The last write of an id wins, as in the executemany (UPDATE ... FROM applies one).
     last = list({r["id"]: r for r in rows}.values())
     for keys, group in _grouped(last, _defaults(table, "onupdate"), "id").items():
-        session.execute(_statement(table, keys), _arrays(("id", *keys), group))
+        stmt = _statement(bind.dialect, table, "update", keys)
+        session.execute(stmt, {"rows": _rows_json(("id", *keys), group)})
