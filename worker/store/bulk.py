@@ -69,7 +69,8 @@ def _statement(dialect: Dialect, table: Table, kind: str, keys: tuple[str, ...])
         sql += f"FROM {rows}"
     else:
         sets = ", ".join(f"{c} = v.{c}" for c in cols)
-        sql = f"UPDATE {t} SET {sets} FROM {rows} WHERE {t}.id = v.id"
+        # Identifiers only, from the table's metadata, quoted by the dialect; values are bound.
+        sql = f"UPDATE {t} SET {sets} FROM {rows} WHERE {t}.id = v.id"  # noqa: S608
     found = _STATEMENTS[(table.name, kind, keys)] = text(sql)
     return found
 
