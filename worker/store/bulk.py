@@ -28,7 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
-_STATEMENTS: dict[tuple[str, str, tuple[str, ...]], TextClause] = {}
+_STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], TextClause] = {}
 
 
 def _time(value: Any) -> str:
@@ -54,10 +54,13 @@ def _rows_json(names: Sequence[str], group: Sequence[dict[str, Any]]) -> str:
         raise
 
 
-def _statement(dialect: Dialect, table: Table, kind: str, keys: tuple[str, ...]) -> TextClause:
+def _statement(
+    dialect: Dialect, table: Table, kind: str, keys: tuple[str, ...], only: tuple[str, ...] = ()
+) -> TextClause:
     """The constant SQL text of an INSERT or UPDATE of ``keys`` from the ``:rows`` JSON array,
-    one object per (table, kind, columns) so SQLAlchemy's and psycopg's caches are hit."""
-    found = _STATEMENTS.get((table.name, kind, keys))
+    one object per (table, kind, columns) so SQLAlchemy's and psycopg's caches are hit. An
+    UPDATE with ``only`` columns also requires ``t.c = :only_c`` and returns the ids written."""
+    found = _STATEMENTS.get((table.name, kind, keys, only))
     if found is not None:
         return found
     q = dialect.identifier_preparer
@@ -71,7 +74,10 @@ def _statement(dialect: Dialect, table: Table, kind: str, keys: tuple[str, ...])
         sets = ", ".join(f"{c} = v.{c}" for c in cols)
         # Identifiers only, from the table's metadata, quoted by the dialect; values are bound.
         sql = f"UPDATE {t} SET {sets} FROM {rows} WHERE {t}.id = v.id"  # noqa: S608
-    found = _STATEMENTS[(table.name, kind, keys)] = text(sql)
+        if only:
+            sql += "".join(f" AND {t}.{q.quote(c)} = :only_{c}" for c in only)
+            sql += f" RETURNING {t}.id"
+    found = _STATEMENTS[(table.name, kind, keys, only)] = text(sql)
     return found
 
 
@@ -127,3 +133,20 @@ def update_by_id(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -
     for keys, group in _grouped(last, _defaults(table, "onupdate"), "id").items():
         stmt = _statement(bind.dialect, table, "update", keys)
         session.execute(stmt, {"rows": _rows_json(("id", *keys), group)})
+
+
+def update_where(
+    session: Session, model: Any, rows: Sequence[dict[str, Any]], only: dict[str, Any]
+) -> list[Any]:
+    """PostgreSQL only: like :func:`update_by_id` (same columns in every row, no ``onupdate``
+    values added), on the rows whose ``only`` columns still hold those values; returns the ids
+    written."""
+    if not rows:
+        return []
+    bind = session.get_bind()
+    table: Table = model.__table__
+    keys = tuple(sorted(k for k in rows[0] if k != "id"))
+    names = tuple(sorted(only))
+    stmt = _statement(bind.dialect, table, "update", keys, names)
+    params = {"rows": _rows_json(("id", *keys), rows), **{f"only_{c}": only[c] for c in names}}
+    return list(session.scalars(stmt, params))
