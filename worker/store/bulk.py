@@ -59,7 +59,9 @@ def _statement(
 ) -> TextClause:
     """The constant SQL text of an INSERT or UPDATE of ``keys`` from the ``:rows`` JSON array,
     one object per (table, kind, columns) so SQLAlchemy's and psycopg's caches are hit. An
-    UPDATE with ``only`` columns also requires ``t.c = :only_c`` and returns the ids written."""
+    UPDATE with ``only`` columns also requires ``t.c = :only_c`` and returns the ids written; an
+    INSERT with ``only`` (unique columns) skips rows that would conflict on them and returns the
+    ids inserted."""
     found = _STATEMENTS.get((table.name, kind, keys, only))
     if found is not None:
         return found
@@ -70,6 +72,9 @@ def _statement(
     if kind == "insert":
         sql = f"INSERT INTO {t} ({', '.join(cols)}) SELECT {', '.join(f'v.{c}' for c in cols)} "
         sql += f"FROM {rows}"
+        if only:  # the unique columns: skip a row that would duplicate one
+            sql += f" ON CONFLICT ({', '.join(q.quote(c) for c in only)}) DO NOTHING"
+            sql += f" RETURNING {t}.id"
     else:
         sets = ", ".join(f"{c} = v.{c}" for c in cols)
         # Identifiers only, from the table's metadata, quoted by the dialect; values are bound.
@@ -150,3 +155,19 @@ def update_where(
     stmt = _statement(bind.dialect, table, "update", keys, names)
     params = {"rows": _rows_json(("id", *keys), rows), **{f"only_{c}": only[c] for c in names}}
     return list(session.scalars(stmt, params))
+
+
+def insert_new(
+    session: Session, model: Any, rows: Sequence[dict[str, Any]], unique: tuple[str, ...]
+) -> int:
+    """PostgreSQL only: like :func:`insert_rows`, skipping rows whose ``unique`` columns
+    match an existing row (``ON CONFLICT DO NOTHING``); returns how many were inserted."""
+    if not rows:
+        return 0
+    bind = session.get_bind()
+    table: Table = model.__table__
+    n = 0
+    for keys, group in _grouped(rows, _defaults(table, "default"), None).items():
+        stmt = _statement(bind.dialect, table, "insert", keys, unique)
+        n += len(session.execute(stmt, {"rows": _rows_json(keys, group)}).all())
+    return n

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -67,7 +66,11 @@ def insert(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     dialect = session.get_bind().dialect.name
-    ins = pg_insert(N) if dialect == "postgresql" else sqlite_insert(N)
+    if dialect == "postgresql":
+        # One statement with the rows as one JSON parameter (worker.store.bulk): the
+        # multi-row VALUES insertmanyvalues built was parsed by psycopg on every batch.
+        return bulk.insert_new(session, N, rows, ("idempotency_key",))
+    ins = sqlite_insert(N)
     stmt = ins.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(N.id)
     # RETURNING yields only the rows actually inserted: skipped duplicates are not counted.
     return len(session.execute(stmt, rows).all())
