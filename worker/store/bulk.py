@@ -103,10 +103,15 @@ def _defaults(table: Table, which: str) -> dict[str, Any]:
 def _grouped(
     rows: Sequence[dict[str, Any]], extra: dict[str, Any], skip: str | None
 ) -> dict[tuple[str, ...], list[dict[str, Any]]]:
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    # Rows built by the same code share their keys' order: group on that first (no sort per
+    # row), then merge the groups whose sorted keys are equal.
+    raw: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
         full = {**extra, **r} if extra else r
-        groups.setdefault(tuple(sorted(k for k in full if k != skip)), []).append(full)
+        raw.setdefault(tuple(full), []).append(full)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for keys, group in raw.items():
+        groups.setdefault(tuple(sorted(k for k in keys if k != skip)), []).extend(group)
     return groups
 
 
