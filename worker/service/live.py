@@ -22,11 +22,11 @@ from worker.mx import MemberRequest, MemberState, MxClient
 from worker.runtime import Runtime
 from worker.store import decisions, members
 from worker.store.db import session_scope
-from worker.store.members import MemberRow
+from worker.store.members import MemberView
 
 log = structlog.get_logger(__name__)
 
-Todo = list[tuple[MemberRow, MemberSnapshot, Generate]]
+Todo = list[tuple[MemberView, MemberSnapshot, Generate]]
 
 
 def is_reminder(g: Generate) -> bool:
@@ -34,12 +34,12 @@ def is_reminder(g: Generate) -> bool:
 
 
 async def read_states(
-    mx: MxClient, targets: Sequence[MemberRow], concurrency: int
+    mx: MxClient, targets: Sequence[MemberView], concurrency: int
 ) -> list[MemberState | None]:
     """Each member's live state, or None where the read failed."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(m: MemberRow) -> MemberState | None:
+    async def one(m: MemberView) -> MemberState | None:
         async with gate:
             try:
                 return await mx.read_member(

@@ -14,16 +14,22 @@ dumper was ~6% of the worker tree's CPU). SQLite (in process, no round trips) ke
 executemany. Python-side column ``default`` and ``onupdate`` values (``created_at``,
 ``updated_at``) are applied as the ORM applies them, computed once per batch; times must be
 timezone-aware, as :class:`models.base.UTCDateTime` requires. Never commits.
+
+:func:`one_of` is the batch's ``IN (ids)`` for the same reason: on PostgreSQL one array literal
+parameter (``= ANY(CAST(:p AS type[]))``, constant SQL text) instead of a placeholder per id,
+which psycopg parses anew each time (it caches no statement of more than 50 parameters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, insert, text, update
+from sqlalchemy import ColumnElement, String, Table, any_, cast, insert, literal, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
@@ -176,3 +182,24 @@ def insert_new(
         stmt = _statement(bind.dialect, table, "insert", keys, unique)
         n += len(session.execute(stmt, {"rows": _rows_json(keys, group)}).all())
     return n
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def one_of(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column IN (values)`` (ints, UUIDs or strings); on PostgreSQL as one array literal."""
+    values = list(values)
+    if session.get_bind().dialect.name != "postgresql" or not values:
+        found: ColumnElement[bool] = column.in_(values)
+        return found
+    first = values[0]
+    if isinstance(first, (int, uuid.UUID)):
+        array = ",".join(map(str, values))
+    else:
+        array = ",".join(map(_quoted, values))
+    clause: ColumnElement[bool] = column == any_(
+        cast(literal("{" + array + "}", String()), ARRAY(column.type))
+    )
+    return clause

@@ -70,7 +70,10 @@ def record(session: Session, events: Iterable[Event]) -> int:
     # this session loaded, not what it wrote.
     query = (
         select(Episode.id, *(getattr(Episode, f) for f in _SUMMARY_FIELDS))
-        .where(Episode.member_id.in_(ids), Episode.episode.in_(sorted({k[1] for k in keys})))
+        .where(
+            bulk.one_of(session, Episode.member_id, ids),
+            Episode.episode.in_(sorted({k[1] for k in keys})),
+        )
         .order_by(Episode.id)
         .with_for_update()
     )
@@ -89,7 +92,7 @@ def record(session: Session, events: Iterable[Event]) -> int:
             r.id: (r.institution_code, r.channel)
             for r in session.execute(
                 select(Member.id, Member.institution_code, Member.channel).where(
-                    Member.id.in_(sorted({e.member_id for e in fresh}))
+                    bulk.one_of(session, Member.id, sorted({e.member_id for e in fresh}))
                 )
             )
         }

@@ -35,7 +35,7 @@ MX_FIELDS = (
 )
 
 
-class MemberRow(Protocol):
+class MemberView(Protocol):
     """What the regenerate step reads of a member: a :class:`Member` or a Core row of its
     columns (:func:`load_claimed`, no ORM object per member on the hot path)."""
 
@@ -81,7 +81,7 @@ class MemberRow(Protocol):
     def next_attempt_at(self) -> datetime | None: ...
 
 
-def snapshot(m: MemberRow) -> MemberSnapshot:
+def snapshot(m: MemberView) -> MemberSnapshot:
     """The policy's view of a member row."""
     return MemberSnapshot(
         member_guid=m.member_guid,
@@ -231,7 +231,7 @@ def due_count(session: Session, now: datetime) -> int:
 
 def load_claimed(
     session: Session, ids: Sequence[int], owner: str, *, renew_until: datetime | None = None
-) -> list[MemberRow]:
+) -> list[MemberView]:
     """The members of ``ids`` still claimed by ``owner``, locked for this transaction, as rows
     (read-only: they change through :mod:`worker.store.decisions`).
 
@@ -239,17 +239,17 @@ def load_claimed(
     full lease rather than whatever the scan's claim had left.
     """
     table = cast(Table, Member.__table__)
-    mine = (table.c.id.in_(ids), table.c.claim_owner == owner)
+    mine = (bulk.one_of(session, table.c.id, ids), table.c.claim_owner == owner)
     if renew_until is None:
         return cast(
-            list[MemberRow], session.execute(select(table).where(*mine).with_for_update()).all()
+            list[MemberView], session.execute(select(table).where(*mine).with_for_update()).all()
         )
     # One statement: the UPDATE locks the rows as FOR UPDATE would and RETURNING loads them,
     # instead of a locking select plus a flush of one changed attribute per member. Core rows,
     # not ORM objects: building a Member (identity map, instance state) per row cost more
     # than everything the batch then reads of it.
     stmt = update(table).where(*mine).values(claim_expires_at=renew_until).returning(table)
-    return cast(list[MemberRow], session.execute(stmt).all())
+    return cast(list[MemberView], session.execute(stmt).all())
 
 
 def still_claimed(session: Session, ids: Sequence[int], owner: str) -> set[int]:

@@ -58,7 +58,11 @@ def existing_keys(session: Session, keys: Iterable[str]) -> set[str]:
     keys = list(keys)
     if not keys:
         return set()
-    return set(session.scalars(select(N.idempotency_key).where(N.idempotency_key.in_(keys))))
+    return set(
+        session.scalars(
+            select(N.idempotency_key).where(bulk.one_of(session, N.idempotency_key, keys))
+        )
+    )
 
 
 def insert(session: Session, rows: list[dict[str, Any]]) -> int:
@@ -83,7 +87,7 @@ def cancel_pending(session: Session, member_ids: Iterable[int], now: datetime) -
         return 0
     result = session.execute(
         update(N)
-        .where(N.member_id.in_(ids), N.status == NS.PENDING)
+        .where(bulk.one_of(session, N.member_id, ids), N.status == NS.PENDING)
         .values(
             status=NS.CANCELED,
             last_error="episode ended before delivery",
@@ -389,7 +393,7 @@ def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None
     if ids:
         sent = session.execute(
             update(N)
-            .where(N.id.in_(ids), N.status == NS.PENDING)
+            .where(bulk.one_of(session, N.id, ids), N.status == NS.PENDING)
             .values(
                 status=NS.SENT,
                 sent_at=now,
