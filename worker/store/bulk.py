@@ -37,27 +37,16 @@ from sqlalchemy.sql.elements import TextClause
 _STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], TextClause] = {}
 
 
-def _time(value: Any) -> str:
-    """orjson's ``default`` for datetimes (passed through to it): naive ones are refused, as
-    :class:`models.base.UTCDateTime` refuses them on every other path."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: pass timezone-aware UTC times")
-        return value.isoformat()
-    raise TypeError(f"cannot write {type(value).__name__} in a bulk statement")
-
-
 def _rows_json(names: Sequence[str], group: Sequence[dict[str, Any]]) -> str:
-    try:
-        return orjson.dumps(
-            [{n: r[n] for n in names} for r in group],
-            default=_time,
-            option=orjson.OPT_PASSTHROUGH_DATETIME,
-        ).decode()
-    except orjson.JSONEncodeError as exc:
-        if isinstance(exc.__cause__, ValueError):  # _time's refusal, not an encoding problem
-            raise exc.__cause__ from None
-        raise
+    rows = [{n: r[n] for n in names} for r in group]
+    # orjson writes a naive datetime without an offset (PostgreSQL would read it in the session's
+    # time zone): refuse it, as models.base.UTCDateTime does on every other path. A loop here
+    # costs a fifth of handing each datetime to a Python ``default``.
+    for r in rows:
+        for v in r.values():
+            if isinstance(v, datetime) and v.tzinfo is None:
+                raise ValueError(f"naive datetime {v!r}: pass timezone-aware UTC times")
+    return orjson.dumps(rows).decode()
 
 
 def _statement(
