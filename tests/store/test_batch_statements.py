@@ -92,7 +92,7 @@ def batch(engine: Engine, sessions: sessionmaker[Session], ids: list[int]) -> li
     with counted(engine) as sent, sessions.begin() as s:
         attempts.add(s, [attempt(i) for i in ids])
         decisions.apply(s, open_and_link(ids), now=NOW)
-        funnel.notified(s, [(i, {"episode": 1, "reminder": 1}) for i in ids], NOW)
+        funnel.notified(s, [(i, 1, 1) for i in ids], NOW)
     return sent
 
 

@@ -558,6 +558,22 @@ def after_outcome(
     moves on exactly as after a success, and nothing new is notified.
     ``CONFIGURATION`` spends no attempt: the member keeps its state and is retried after a pause.
     """
+    if outcome in (Outcome.SUCCESS, Outcome.DUPLICATE):
+        nxt = g.reminder + 1
+        # Built directly (the common case, once per member): a frozen dataclass is slow to build.
+        return ReauthFields(
+            state=State.AWAITING_USER,
+            reason=g.reason,
+            episode=g.episode,
+            episode_started_at=g.episode_started_at,
+            reminders_sent=g.reminder,
+            attempts=0,
+            next_attempt_at=(
+                reminder_due_at(g.episode_started_at, nxt, cfg)
+                if nxt <= cfg.effective_reminders
+                else None
+            ),
+        )
     base = ReauthFields(
         state=State.PENDING,
         reason=g.reason,
@@ -567,19 +583,6 @@ def after_outcome(
         attempts=g.attempts,
         next_attempt_at=None,
     )
-    if outcome in (Outcome.SUCCESS, Outcome.DUPLICATE):
-        nxt = g.reminder + 1
-        return replace(
-            base,
-            state=State.AWAITING_USER,
-            reminders_sent=g.reminder,
-            attempts=0,
-            next_attempt_at=(
-                reminder_due_at(g.episode_started_at, nxt, cfg)
-                if nxt <= cfg.effective_reminders
-                else None
-            ),
-        )
     if outcome is Outcome.NOT_OAUTH_CAPABLE:
         return replace(base, state=State.NOT_OAUTH_CAPABLE, last_error=error)
     if outcome is Outcome.MEMBER_NOT_FOUND:

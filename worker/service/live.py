@@ -16,17 +16,17 @@ from datetime import datetime
 
 import structlog
 
-from models import Member
 from worker.core.policy import Generate, MemberSnapshot, ended_by_oauth_success
 from worker.errors import MxError
 from worker.mx import MemberRequest, MemberState, MxClient
 from worker.runtime import Runtime
 from worker.store import decisions, members
 from worker.store.db import session_scope
+from worker.store.members import MemberView
 
 log = structlog.get_logger(__name__)
 
-Todo = list[tuple[Member, MemberSnapshot, Generate]]
+Todo = list[tuple[MemberView, MemberSnapshot, Generate]]
 
 
 def is_reminder(g: Generate) -> bool:
@@ -34,12 +34,12 @@ def is_reminder(g: Generate) -> bool:
 
 
 async def read_states(
-    mx: MxClient, targets: Sequence[Member], concurrency: int
+    mx: MxClient, targets: Sequence[MemberView], concurrency: int
 ) -> list[MemberState | None]:
     """Each member's live state, or None where the read failed."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(m: Member) -> MemberState | None:
+    async def one(m: MemberView) -> MemberState | None:
         async with gate:
             try:
                 return await mx.read_member(

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from models import Member
 from worker import failpoints, metrics, tracing
 from worker.config import LinkMode, Settings
 from worker.core.contract import build_message, idempotency_key
@@ -55,6 +54,7 @@ from worker.service import live
 from worker.service.links import reconnect_url, with_state
 from worker.store import attempts, decisions, leases, locks, members, notifications
 from worker.store.db import session_scope
+from worker.store.members import MemberView
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -153,7 +153,7 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-def request_for(m: Member, g: Generate, redirect_url: str | None = None) -> OAuthRequest:
+def request_for(m: MemberView, g: Generate, redirect_url: str | None = None) -> OAuthRequest:
     """The MX request for a decision; ``redirect_url`` replaces the policy's redirect (the
     same URL with a signed ``state`` added, see :func:`worker.service.links.with_state`)."""
     return OAuthRequest(
@@ -168,7 +168,7 @@ def request_for(m: Member, g: Generate, redirect_url: str | None = None) -> OAut
 
 
 def attempt_row(
-    m: Member,
+    m: MemberView,
     g: Generate,
     res: CallResult,
     outcome: Outcome,
@@ -295,7 +295,7 @@ def _renew_claims(
     return beat
 
 
-Todo = list[tuple[Member, MemberSnapshot, Generate]]
+Todo = list[tuple[MemberView, MemberSnapshot, Generate]]
 
 
 def _load_and_decide(
@@ -425,7 +425,7 @@ def _write(
 
 
 def _change(
-    m: Member,
+    m: MemberView,
     snap: MemberSnapshot,
     g: Generate,
     fields: ReauthFields,
@@ -442,7 +442,7 @@ def _change(
 def _outbox_row(
     settings: Settings,
     nid: uuid.UUID,
-    m: Member,
+    m: MemberView,
     g: Generate,
     w: OAuthWindow | None,
     *,
@@ -479,7 +479,7 @@ def _outbox_row(
     }
 
 
-def _log_member(m: Member, g: Generate, outcome: Outcome, res: CallResult) -> None:
+def _log_member(m: MemberView, g: Generate, outcome: Outcome, res: CallResult) -> None:
     """One line per member processed: DEBUG when it went as planned (the attempts table is the
     per-member record; the batch's INFO line has the counts), WARNING otherwise."""
     if outcome in (Outcome.SUCCESS, Outcome.TRANSIENT):

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from models import Member, Notification, WebhookEvent
 from worker import waits
+from worker.store import bulk
 
 #: The tables that carry lease columns.
 Leased = type[Member] | type[Notification] | type[WebhookEvent]
@@ -85,7 +86,7 @@ def held(session: Session, model: Leased, ids: Iterable[Any], owner: str) -> set
     ids = list(ids)
     if not ids:
         return set()
-    stmt = select(model.id).where(model.id.in_(ids), model.claim_owner == owner)
+    stmt = select(model.id).where(bulk.one_of(session, model.id, ids), model.claim_owner == owner)
     return set(session.scalars(stmt.with_for_update()))
 
 
@@ -98,7 +99,7 @@ def _update_held(
         return 0
     result = session.execute(
         update(model)
-        .where(model.id.in_(ids), model.claim_owner == owner)
+        .where(bulk.one_of(session, model.id, ids), model.claim_owner == owner)
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, cast
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, and_, case, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import Member
@@ -35,7 +35,53 @@ MX_FIELDS = (
 )
 
 
-def snapshot(m: Member) -> MemberSnapshot:
+class MemberView(Protocol):
+    """What the regenerate step reads of a member: a :class:`Member` or a Core row of its
+    columns (:func:`load_claimed`, no ORM object per member on the hot path)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def member_guid(self) -> str: ...
+    @property
+    def user_guid(self) -> str: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def institution_code(self) -> str: ...
+    @property
+    def is_oauth(self) -> bool: ...
+    @property
+    def connection_status(self) -> str | None: ...
+    @property
+    def oauth_status(self) -> str | None: ...
+    @property
+    def oauth_error_reason(self) -> str | None: ...
+    @property
+    def oauth_started_at(self) -> datetime | None: ...
+    @property
+    def successfully_aggregated_at(self) -> datetime | None: ...
+    @property
+    def is_being_aggregated(self) -> bool: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def reauth_state(self) -> str: ...
+    @property
+    def reauth_reason(self) -> str | None: ...
+    @property
+    def episode(self) -> int: ...
+    @property
+    def episode_started_at(self) -> datetime | None: ...
+    @property
+    def reminders_sent(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def next_attempt_at(self) -> datetime | None: ...
+
+
+def snapshot(m: MemberView) -> MemberSnapshot:
     """The policy's view of a member row."""
     return MemberSnapshot(
         member_guid=m.member_guid,
@@ -185,25 +231,25 @@ def due_count(session: Session, now: datetime) -> int:
 
 def load_claimed(
     session: Session, ids: Sequence[int], owner: str, *, renew_until: datetime | None = None
-) -> list[Member]:
-    """The members of ``ids`` still claimed by ``owner``, locked for this transaction.
+) -> list[MemberView]:
+    """The members of ``ids`` still claimed by ``owner``, locked for this transaction, as rows
+    (read-only: they change through :mod:`worker.store.decisions`).
 
     ``renew_until`` extends their lease: a batch that waited in the queue starts its work with a
     full lease rather than whatever the scan's claim had left.
     """
-    mine = (Member.id.in_(ids), Member.claim_owner == owner)
+    table = cast(Table, Member.__table__)
+    mine = (bulk.one_of(session, table.c.id, ids), table.c.claim_owner == owner)
     if renew_until is None:
-        return list(session.scalars(select(Member).where(*mine).with_for_update()))
+        return cast(
+            list[MemberView], session.execute(select(table).where(*mine).with_for_update()).all()
+        )
     # One statement: the UPDATE locks the rows as FOR UPDATE would and RETURNING loads them,
-    # instead of a locking select plus a flush of one changed attribute per member.
-    stmt = (
-        update(Member)
-        .where(*mine)
-        .values(claim_expires_at=renew_until)
-        .returning(Member)
-        .execution_options(synchronize_session=False)
-    )
-    return list(session.scalars(stmt))
+    # instead of a locking select plus a flush of one changed attribute per member. Core rows,
+    # not ORM objects: building a Member (identity map, instance state) per row cost more
+    # than everything the batch then reads of it.
+    stmt = update(table).where(*mine).values(claim_expires_at=renew_until).returning(table)
+    return cast(list[MemberView], session.execute(stmt).all())
 
 
 def still_claimed(session: Session, ids: Sequence[int], owner: str) -> set[int]:

@@ -14,14 +14,13 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from models import Member, Notification
 from worker.core.contract import link_is_stale
 from worker.core.states import NotificationStatus as NS
-from worker.store import funnel, leases
+from worker.store import bulk, funnel, leases
 
 N = Notification
 
@@ -59,7 +58,11 @@ def existing_keys(session: Session, keys: Iterable[str]) -> set[str]:
     keys = list(keys)
     if not keys:
         return set()
-    return set(session.scalars(select(N.idempotency_key).where(N.idempotency_key.in_(keys))))
+    return set(
+        session.scalars(
+            select(N.idempotency_key).where(bulk.one_of(session, N.idempotency_key, keys))
+        )
+    )
 
 
 def insert(session: Session, rows: list[dict[str, Any]]) -> int:
@@ -67,7 +70,11 @@ def insert(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     dialect = session.get_bind().dialect.name
-    ins = pg_insert(N) if dialect == "postgresql" else sqlite_insert(N)
+    if dialect == "postgresql":
+        # One statement with the rows as one JSON parameter (worker.store.bulk): the
+        # multi-row VALUES insertmanyvalues built was parsed by psycopg on every batch.
+        return bulk.insert_new(session, N, rows, ("idempotency_key",))
+    ins = sqlite_insert(N)
     stmt = ins.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(N.id)
     # RETURNING yields only the rows actually inserted: skipped duplicates are not counted.
     return len(session.execute(stmt, rows).all())
@@ -80,7 +87,7 @@ def cancel_pending(session: Session, member_ids: Iterable[int], now: datetime) -
         return 0
     result = session.execute(
         update(N)
-        .where(N.member_id.in_(ids), N.status == NS.PENDING)
+        .where(bulk.one_of(session, N.member_id, ids), N.status == NS.PENDING)
         .values(
             status=NS.CANCELED,
             last_error="episode ended before delivery",
@@ -262,7 +269,8 @@ def assign_groups(
     before their first delivery; returns those rows. A row canceled meanwhile is not in its
     group.
 
-    One executemany (pipelined by psycopg) and one read, instead of a statement per group.
+    One statement on PostgreSQL (:mod:`worker.store.bulk`: the rows as one JSON parameter,
+    RETURNING the rows written); elsewhere one executemany and one read.
     """
     params = [
         {"row_id": rid, "new_group": gid, "owner": owner}
@@ -271,6 +279,10 @@ def assign_groups(
     ]
     if not params:
         return set()
+    if session.get_bind().dialect.name == "postgresql":
+        rows = [{"id": p["row_id"], "group_id": p["new_group"]} for p in params]
+        only = {"claim_owner": owner, "status": NS.PENDING.value}
+        return set(bulk.update_where(session, Notification, rows, only))
     table = cast(Table, Notification.__table__)  # a mapped class's table
     session.execute(
         update(table)
@@ -295,6 +307,10 @@ def assign_groups(
     )
 
 
+_URI = N.payload["oauth_window_uri"].as_string()
+_GENERATED_AT = N.payload["generated_at"].as_string()
+
+
 def claim_stale(
     session: Session,
     *,
@@ -309,10 +325,19 @@ def claim_stale(
     Rows carry their link's age in ``payload.generated_at``; JSON is not indexable portably, so
     this reads the due pending rows (a small set: the outbox drains within seconds) and filters.
     """
+    # Only the two fields the check reads, extracted by the database: the relay runs this before
+    # every batch, and decoding each candidate's whole payload was ~4% of the worker tree's CPU.
     candidates = session.execute(
-        select(N.id, N.payload).where(_due(now)).order_by(N.created_at, N.id).limit(limit * 4)
+        select(N.id, _URI, _GENERATED_AT)
+        .where(_due(now))
+        .order_by(N.created_at, N.id)
+        .limit(limit * 4)
     ).all()
-    stale = [row.id for row in candidates if link_is_stale(row.payload, now, max_age)][:limit]
+    stale = [
+        rid
+        for rid, uri, generated_at in candidates
+        if link_is_stale({"oauth_window_uri": uri, "generated_at": generated_at}, now, max_age)
+    ][:limit]
     if not stale:
         return []
     taken = leases.claim(
@@ -358,13 +383,17 @@ def renew(session: Session, ids: Iterable[uuid.UUID], owner: str, *, until: date
     return leases.renew(session, N, ids, owner, until=until)
 
 
+_EPISODE = N.payload["episode"].as_integer()
+_REMINDER = N.payload["reminder"].as_integer()
+
+
 def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None:
     """Not filtered on the owner: the message did go out, whoever holds the claim now.
     The rows marked are the funnel's NOTIFIED (same transaction)."""
     if ids:
         sent = session.execute(
             update(N)
-            .where(N.id.in_(ids), N.status == NS.PENDING)
+            .where(bulk.one_of(session, N.id, ids), N.status == NS.PENDING)
             .values(
                 status=NS.SENT,
                 sent_at=now,
@@ -374,10 +403,12 @@ def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None
                 last_error=None,
                 updated_at=now,
             )
-            .returning(N.member_id, N.payload)
+            # The two fields the funnel needs, extracted by the database: decoding each whole
+            # payload again here was ~3% of the worker tree's CPU.
+            .returning(N.member_id, _EPISODE, _REMINDER)
             .execution_options(synchronize_session=False)
         ).all()
-        funnel.notified(session, [(r.member_id, dict(r.payload)) for r in sent], now)
+        funnel.notified(session, [(r[0], r[1], r[2]) for r in sent], now)
 
 
 def held_rows(session: Session, ids: Iterable[uuid.UUID], owner: str) -> list[Notification]:
