@@ -538,6 +538,8 @@ def _markdown(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if PIPELINE_FINDINGS.exists():
+        parts += [PIPELINE_FINDINGS.read_text().rstrip(), ""]
     parts += serve_markdown(results.get("serve"))
     parts += webhooks_markdown(results.get("webhooks"))
     parts += funnel_markdown(results.get("funnel"))
@@ -654,6 +656,8 @@ def _loadavg(v: list[float] | None) -> str:
 #: Hand-written findings of the serve work (what was tried, before/after figures), kept with the
 #: generated section so a rerun does not drop them.
 SERVE_FINDINGS = Path(__file__).resolve().parent / "serve_findings.md"
+#: The same for the worker tree's CPU (the database, relay and Celery side of issue 17).
+PIPELINE_FINDINGS = Path(__file__).resolve().parent / "pipeline_findings.md"
 
 
 def _serve_clients(cfg: dict[str, Any]) -> str:
@@ -883,7 +887,8 @@ def funnel_markdown(funnel: dict[str, Any] | None) -> list[str]:
     env = funnel["environment"]
     counts = funnel["counts"]
     parts = [
-        "## `reauth report`: the funnel over 1,000,000 episodes (`python -m bench funnel`)",
+        f"## `reauth report`: the funnel over {funnel['counts']['episodes']:,} episodes "
+        "(`python -m bench funnel`)",
         "",
         f"`{funnel['command'].strip()}` on {funnel['date']} ({env['cpus']} CPUs, PostgreSQL "
         f"{env['postgres']}). {counts['episodes']:,} episodes and {counts['funnel_events']:,} "
