@@ -301,7 +301,8 @@ def run_all(argv: list[str]) -> None:
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     started = time.perf_counter()
     quick = ["--quick"] if args.quick else []
-    out = ["--out", str(args.out)]
+    # Passed on only when not the default, so the commands the page shows hold no local path.
+    out = ["--out", str(args.out)] if args.out.resolve() != HERE else []
     # The pipeline's write() keeps older serve/webhooks/funnel figures; each later step
     # replaces its own, so a step that fails leaves its section visibly older than "all".
     main([*quick, *out])
