@@ -27,16 +27,27 @@ def _sender() -> Celery:
     return Celery("bench-sender", broker=infra.REDIS_URL)
 
 
-def _warm_up(sender: Celery, processes: int, *, events_worker: bool = True) -> None:
-    """Let every pool process of the workers run one cheap task (a relay pass, on the main
-    queue for the main worker's pool, which runs it by name), so start-up is not timed."""
-    queues = (
-        ((QUEUE, processes * 2), (EVENTS_QUEUE, 2)) if events_worker else ((QUEUE, processes * 2),)
-    )
+def warm_up(
+    sender: Celery,
+    processes: int,
+    *,
+    events_worker: bool = True,
+    tasks: tuple[str, ...] = (DELIVER_TASK,),
+) -> None:
+    """Let every pool process of the workers run each of ``tasks`` once or twice, cheaply
+    (nothing pending: a relay pass, an apply pass), so imports, the engine and first-use costs
+    are not timed. Sent to the main queue for the main worker's pool, which runs them by name."""
+    queues = [(QUEUE, processes * 2)] + ([(EVENTS_QUEUE, 2)] if events_worker else [])
     for queue, times in queues:
         for _ in range(times):
-            sender.send_task(DELIVER_TASK, queue=queue)
+            for task in tasks:
+                sender.send_task(task, queue=queue)
     infra.wait_queue_empty()
+
+
+def sender() -> Celery:
+    """A bare app on the benchmark's broker (what beat is to the workers)."""
+    return _sender()
 
 
 def pipeline(
@@ -81,7 +92,7 @@ def pipeline(
     with infra.reauth_workers(
         env, processes=processes, logs=logs, name=label, events_worker=False
     ) as procs:
-        _warm_up(sender, processes, events_worker=False)
+        warm_up(sender, processes, events_worker=False)
         before = sandbox.stats()
         with infra.PeakRss(*(p.pid for p in procs)) as rss:
             started = time.perf_counter()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import infra
-from bench.runs import _sender, _warm_up
+from bench.runs import _sender, warm_up
 from worker.app.celery_app import QUEUE, SCAN_TASK
 from worker.clock import utc_now
 
@@ -94,7 +94,7 @@ def main() -> None:
             with infra.reauth_workers(
                 env, processes=args.processes, logs=logs, name=f"waits-{label}"
             ):
-                _warm_up(sender, args.processes)
+                warm_up(sender, args.processes)
                 waits_file.unlink(missing_ok=True)  # the warm-up's passes are not the run's
                 started = time.perf_counter()
                 sender.send_task(SCAN_TASK, queue=QUEUE, kwargs={"trigger": "bench"})
