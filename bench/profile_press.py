@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             async def press(token: str) -> None:
                 now = utc_now()
                 view = timed("open_link", reconnect.open_link, rt, token, now)
-                assert timed("allowed_to_mint", reconnect.allowed_to_mint, rt, view, now)
+                assert timed("allowed_to_mint", reconnect.allowed_to_mint, rt, view)
                 started = time.thread_time()
                 result = await reconnect.ask_mx(rt, view)
                 cpu["ask_mx"] += time.thread_time() - started
