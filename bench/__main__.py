@@ -9,7 +9,7 @@ Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated
     uv run python -m bench serve      # `reauth serve` under load (bench/serve.py, ~2 min)
     uv run python -m bench webhooks   # MX webhook intake and webhook-to-stream latency
     uv run python -m bench funnel     # `reauth report` over 1,000,000 episodes (bench/funnel.py)
-    uv run python -m bench all        # all four in one run, one page (~25 min on 2 cores)
+    uv run python -m bench all        # all four in one run, one page (~11 min on 2 cores)
 """
 
 from __future__ import annotations

@@ -82,9 +82,12 @@ def test_two_processes_share_sessions_through_redis(served: MxEnv) -> None:
 
 
 def test_rate_limit_holds_across_clients(served: MxEnv) -> None:
-    """Two clients sharing Redis at 40 req/s: the sandbox never sees more than 40 requests
-    start in any one-second window (+1 for arrival jitter on loopback), and the run is spread
-    out accordingly."""
+    """Two clients sharing Redis at 40 req/s: the sandbox never sees more requests start in any
+    one-second window than the limiter promises (``rate x (1 + PERMIT_GRACE) + 1``: a permit
+    may be used up to PERMIT_GRACE after its slot, on a loaded loop; on an idle one it is 41),
+    and the run is spread out accordingly."""
+    from worker.mx.ratelimit import PERMIT_GRACE
+
     rate = 40.0
 
     def job(offset: int) -> int:
@@ -98,7 +101,7 @@ def test_rate_limit_holds_across_clients(served: MxEnv) -> None:
     times = sorted(r["time"] for r in served.requests())
     assert len(times) == 60
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= rate + 1
+    assert busiest <= rate * (1 + PERMIT_GRACE) + 1
     assert times[-1] - times[0] >= (len(times) - 1) / rate * 0.9
 
 
