@@ -160,3 +160,52 @@ def test_a_call_waiting_for_its_session_leaves_the_gate_to_a_ready_call() -> Non
     assert fast.window is not None
     assert slow.latency_ms >= 300
     assert fast.latency_ms < 250
+
+
+def test_a_configuration_error_stops_a_batch_larger_than_the_gate() -> None:
+    """Wrong credentials, 40 members of 40 users, a gate of 4: admission is bounded (two gates'
+    worth of calls admitted ahead), so the batch stops after a few refused session creations
+    instead of making every user's session first; the rest are skipped."""
+    env, sandbox = _asgi_env()
+
+    async def go() -> list[Any]:
+        async with env.client(mx_api="nexus", mx_api_key="wrong-key") as mx:
+            requests = [browser(f"MBR-{i}", f"USR-{i}") for i in range(40)]
+            return await call_all(mx, requests, 4)
+
+    try:
+        results = run(go())
+        sent = len(env.requests())
+    finally:
+        sandbox.close()
+    skipped = sum(1 for r in results if r.skipped)
+    refused = [r for r in results if r.error is not None]
+    assert skipped >= 40 - 2 * 4, (skipped, sent)
+    assert refused
+    assert sent <= 2 * 2 * 4, sent  # at most a window of calls, two requests each
+
+
+def test_a_batch_larger_than_the_gate_reserves_slots_one_wave_ahead_only() -> None:
+    """100 calls through a gate of 10 at 200 ms a call: slots are reserved at most one wave
+    ahead (the window: admitted or in flight, two gates' worth), so no permit grows stale
+    waiting for the gate and no slot is reserved twice."""
+    env, sandbox = _asgi_env()
+    sandbox.config.latency = 0.2
+
+    async def go() -> tuple[int, int, int]:
+        async with env.client(mx_api="platform") as mx:
+            await mx.admit(browser("MBR-W"))  # builds the loop state
+            state = mx._loop_state()
+            counting = _Counting(state.limiter)
+            state.limiter = counting
+            requests = [browser(f"MBR-{i}") for i in range(100)]
+            results = await call_all(mx, requests, 10)
+            return sum(1 for r in results if r.window), counting.permits, counting.acquired
+
+    try:
+        ok, permits, acquired = run(go())
+    finally:
+        sandbox.close()
+    assert ok == 100
+    assert permits == 100
+    assert acquired == 0  # no stale permit replaced inside the cap

@@ -20,7 +20,9 @@ side. The slot is reserved *before* the in-flight cap (a :class:`Permit`: ``MxCl
 before the batch's gate, or at the start of ``_exchange`` before the semaphore), so the Redis
 round trip holds no in-flight slot; inside the cap the request sleeps until its slot, or, if
 the permit is more than ``PERMIT_GRACE`` old by then, takes a new slot right there. Hence in
-any one-second window at most ``rate x (1 + PERMIT_GRACE) + 1`` requests start. Why a grace
+any one-second window at most ``rate x (1 + PERMIT_GRACE) + 1`` requests start, plus what the
+event loop's own wake-up lag adds (a request whose sleep ends late is sent late; any sleeping
+limiter has that, and it was there before permits). Why a grace
 at all: the calls of a batch get their slots together and then run one after another on one
 event loop; under CPU load the last of a wave of 200 reaches its socket 100-200 ms after its
 slot (measured by ``python -m bench.waits``, ``rate_permit_stale``). Taking the slot inside the

@@ -116,12 +116,18 @@ async def call_all(
 
     What a call waits for before it may send (its user's Nexus session, a rate-limit slot:
     ``MxClient.admit``) is waited for *outside* the gate, so a call held up by either leaves
-    its in-flight slot to a call that is ready.
+    its in-flight slot to a call that is ready. Admission is itself bounded (``window``: at
+    most two gates' worth of calls admitted or in flight), so a batch larger than the gate
+    reserves slots at most one wave ahead (a permit waits at most about one MX round trip for
+    the gate: fresh while MX answers within PERMIT_GRACE; past that, the waiting wave's slots
+    are replaced inside the cap and the originals wasted) and does not make every user's
+    session before a configuration error can stop it.
 
     A configuration error (401/403 after a session refresh) stops the batch: calls not yet
     started are skipped, since they would fail the same way and burn quota.
     """
     gate = asyncio.Semaphore(concurrency)
+    window = asyncio.Semaphore(2 * concurrency)
     stop = asyncio.Event()
 
     async def one(req: OAuthRequest) -> CallResult:
@@ -133,18 +139,21 @@ async def call_all(
             {"reauth.member_guid": req.member_guid, "reauth.referral": req.referral_source},
         ) as current:
             try:
-                permit = await mx.admit(req)
-                async with gate:
+                async with window:
                     if stop.is_set():
                         return CallResult(skipped=True)
-                    window = await mx.generate_oauth_window_uri(req, permit=permit)
+                    permit = await mx.admit(req)
+                    async with gate:
+                        if stop.is_set():
+                            return CallResult(skipped=True)
+                        uri = await mx.generate_oauth_window_uri(req, permit=permit)
             except MxError as exc:
                 tracing.record_error(current, exc)
                 if isinstance(exc, MxConfigurationError):
                     stop.set()
                 return CallResult(error=exc, latency_ms=_ms(started), span=tracing.current())
             failpoints.hit("during_mx_calls")
-            return CallResult(window=window, latency_ms=_ms(started), span=tracing.current())
+            return CallResult(window=uri, latency_ms=_ms(started), span=tracing.current())
 
     return list(await asyncio.gather(*(one(r) for r in requests)))
 
