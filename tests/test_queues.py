@@ -117,6 +117,21 @@ def test_a_worker_of_both_queues_takes_events_first(redis_url: str) -> None:
 
 
 @pytest.mark.redis
+def test_a_main_worker_told_reauth_first_takes_batches_first(redis_url: str) -> None:
+    """docker-compose's main worker (`-Q reauth,reauth.events`, beside the events worker):
+    batches first, events only when no batch waits, so a webhook flood cannot starve scans
+    and regenerate batches while the events worker keeps the events moving."""
+    app = _app(redis_url)
+    with app.connection_for_write() as conn:
+        for i in range(3):
+            app.send_task(REGENERATE_TASK, args=[[i]], connection=conn)
+        for _ in range(3):
+            app.send_task(DELIVER_TASK, connection=conn)
+    order = [app.amqp.queues[QUEUE], app.amqp.queues[EVENTS_QUEUE]]
+    assert _consume(app, 6, queues=order) == [REGENERATE_TASK] * 3 + [DELIVER_TASK] * 3
+
+
+@pytest.mark.redis
 def test_an_event_task_left_on_the_main_queue_by_an_older_version_still_runs(
     redis_url: str,
 ) -> None:
