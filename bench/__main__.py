@@ -15,6 +15,7 @@ Needs the local PostgreSQL (a database ``reauth_bench`` is dropped and recreated
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -149,17 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with infra.sandbox_process(0.0, logs / "sandbox.log") as sb:
             common = {"processes": args.processes, "logs": logs, "timeout": timeout}
+            # What every pipeline row shares; each call names what it varies.
+            pipeline = functools.partial(
+                runs.pipeline, db_url, sb, users=args.users, batch_size=args.batch_size, **common
+            )
             for lat in args.latencies:
-                p = runs.pipeline(
-                    db_url,
-                    sb,
-                    total=args.members,
-                    due=due,
-                    users=args.users,
-                    latency=lat,
-                    mx_concurrency=args.mx_concurrency,
-                    batch_size=args.batch_size,
-                    **common,
+                p = pipeline(
+                    total=args.members, due=due, latency=lat, mx_concurrency=args.mx_concurrency
                 )
                 record(p, "latency")
                 record(
@@ -187,16 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                     record(p, "rss")
             sweep_due = max(2000, due // 4)
             for conc in args.sweep:
-                p = runs.pipeline(
-                    db_url,
-                    sb,
-                    total=args.members,
-                    due=sweep_due,
-                    users=args.users,
-                    latency=sweep_latency,
-                    mx_concurrency=conc,
-                    batch_size=args.batch_size,
-                    **common,
+                p = pipeline(
+                    total=args.members, due=sweep_due, latency=sweep_latency, mx_concurrency=conc
                 )
                 record(p, "concurrency")
                 record(
@@ -212,18 +201,13 @@ def main(argv: list[str] | None = None) -> None:
             # Nexus with 1-2 due members per user (a new session, so up to three MX calls, for
             # most members), each against a raw ceiling measured right after it.
             for api, due_users in (("platform", None), ("nexus", max(1, due * 2 // 3))):
-                p = runs.pipeline(
-                    db_url,
-                    sb,
+                p = pipeline(
                     total=args.members,
                     due=due,
-                    users=args.users,
                     latency=sweep_latency,
                     mx_concurrency=args.mx_concurrency,
-                    batch_size=args.batch_size,
                     api=api,
                     due_users=due_users,
-                    **common,
                 )
                 record(p, "mx")
                 record(
@@ -256,16 +240,11 @@ def main(argv: list[str] | None = None) -> None:
             if sweep_latency not in args.latencies:
                 raise SystemExit("--latencies must include 0.1 (the RSS and sweep latency)")
             record(
-                runs.pipeline(
-                    db_url,
-                    sb,
+                pipeline(
                     total=max(args.members, args.rss_due),
                     due=args.rss_due,
-                    users=args.users,
                     latency=sweep_latency,
                     mx_concurrency=args.mx_concurrency,
-                    batch_size=args.batch_size,
-                    **common,
                 ),
                 "rss",
             )

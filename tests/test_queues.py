@@ -86,6 +86,17 @@ def test_reauth_worker_consumes_every_queue_unless_told(monkeypatch: pytest.Monk
     assert argv[argv.index("--concurrency") + 1] == "1"
 
 
+def _batches_then_events(redis_url: str) -> Celery:
+    """Three regenerate batches queued, then three relay passes; the app to consume them."""
+    app = _app(redis_url)
+    with app.connection_for_write() as conn:
+        for i in range(3):
+            app.send_task(REGENERATE_TASK, args=[[i]], connection=conn)
+        for _ in range(3):
+            app.send_task(DELIVER_TASK, connection=conn)
+    return app
+
+
 def _consume(app: Celery, n: int, queues: list[Any] | None = None) -> list[str]:
     """The task names of the next ``n`` messages, one at a time (prefetch 1, acked each)."""
     got: list[str] = []
@@ -107,12 +118,7 @@ def _consume(app: Celery, n: int, queues: list[Any] | None = None) -> list[str]:
 def test_a_worker_of_both_queues_takes_events_first(redis_url: str) -> None:
     """Three regenerate batches wait, then three relay passes arrive: all three relay passes
     run first. (kombu's default round-robin order would alternate after the first one.)"""
-    app = _app(redis_url)
-    with app.connection_for_write() as conn:
-        for i in range(3):
-            app.send_task(REGENERATE_TASK, args=[[i]], connection=conn)
-        for _ in range(3):
-            app.send_task(DELIVER_TASK, connection=conn)
+    app = _batches_then_events(redis_url)
     assert _consume(app, 6) == [DELIVER_TASK] * 3 + [REGENERATE_TASK] * 3
 
 
@@ -121,12 +127,7 @@ def test_a_main_worker_told_reauth_first_takes_batches_first(redis_url: str) -> 
     """docker-compose's main worker (`-Q reauth,reauth.events`, beside the events worker):
     batches first, events only when no batch waits, so a webhook flood cannot starve scans
     and regenerate batches while the events worker keeps the events moving."""
-    app = _app(redis_url)
-    with app.connection_for_write() as conn:
-        for i in range(3):
-            app.send_task(REGENERATE_TASK, args=[[i]], connection=conn)
-        for _ in range(3):
-            app.send_task(DELIVER_TASK, connection=conn)
+    app = _batches_then_events(redis_url)
     order = [app.amqp.queues[QUEUE], app.amqp.queues[EVENTS_QUEUE]]
     assert _consume(app, 6, queues=order) == [REGENERATE_TASK] * 3 + [DELIVER_TASK] * 3
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
-from mx_helpers import MxEnv
+from mx_helpers import MxEnv, asgi_env
 
 from worker.sandbox.app import Sandbox
 from worker.sandbox.server import running_sandbox
@@ -29,15 +28,7 @@ def mx_env(request: pytest.FixtureRequest) -> Iterator[MxEnv]:
             yield env
     else:
         sandbox = Sandbox()
-        env = MxEnv(
-            "asgi",
-            sandbox,
-            "http://sandbox.test",
-            None,
-            lambda: httpx.ASGITransport(app=sandbox),
-        )
-        env.config.client_id = env.client_id
-        yield env
+        yield asgi_env(sandbox)
         sandbox.close()
 
 

@@ -76,3 +76,17 @@ class MxEnv:
 
     def sessions_created(self) -> int:
         return sum(1 for r in self.requests() if r["path"] == "/sessions" and r["status"] == 200)
+
+
+def asgi_env(sandbox: Sandbox, transport: httpx.AsyncBaseTransport | None = None) -> MxEnv:
+    """Clients talking to ``sandbox`` in process (its ASGI app, or ``transport`` in front of
+    it), no Redis; the sandbox knows the env's client id."""
+    env = MxEnv(
+        "asgi",
+        sandbox,
+        "http://sandbox.test",
+        None,
+        (lambda: transport) if transport else (lambda: httpx.ASGITransport(app=sandbox)),
+    )
+    env.config.client_id = env.client_id
+    return env

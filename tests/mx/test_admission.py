@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from mx_helpers import MxEnv, browser, run
+from mx_helpers import MxEnv, asgi_env, browser, run
 
 from worker.mx.ratelimit import KEY_PREFIX, PERMIT_GRACE, Permit, RedisRateLimiter
 from worker.sandbox.app import Sandbox
@@ -42,17 +42,9 @@ class _Counting:
         return result
 
 
-def _asgi_env(transport: httpx.AsyncBaseTransport | None = None) -> tuple[MxEnv, Sandbox]:
+def _asgi_env() -> tuple[MxEnv, Sandbox]:
     sandbox = Sandbox()
-    env = MxEnv(
-        "asgi",
-        sandbox,
-        "http://sandbox.test",
-        None,
-        (lambda: transport) if transport else (lambda: httpx.ASGITransport(app=sandbox)),
-    )
-    env.config.client_id = env.client_id
-    return env, sandbox
+    return asgi_env(sandbox), sandbox
 
 
 def test_a_fresh_permit_is_the_requests_slot_and_a_stale_one_is_not() -> None:
@@ -143,9 +135,7 @@ def test_a_call_waiting_for_its_session_leaves_the_gate_to_a_ready_call() -> Non
     """A gate of one call; the first call's user needs a slow session. The second call (its
     user's session is quick) goes through the gate meanwhile instead of queueing behind it."""
     sandbox = Sandbox()
-    env, _ = _asgi_env(_SlowSso(sandbox))
-    env.sandbox = sandbox
-    env.config.client_id = env.client_id
+    env = asgi_env(sandbox, _SlowSso(sandbox))
 
     async def go() -> list[Any]:
         async with env.client(mx_max_concurrency=4) as mx:
