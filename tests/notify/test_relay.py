@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Notification
 from worker.config import Settings
-from worker.errors import SinkPermanentError, SinkTransientError
+from worker.errors import SinkPermanentError, SinkTransientError, StorageError
 from worker.notify.relay import deliver_batch, is_stale
 from worker.notify.sinks import DELIVERED, DeliveryResult, Message
 from worker.store import notifications
@@ -249,6 +249,73 @@ def test_crash_between_delivery_and_mark_redelivers_same_id_after_lease(
 
     assert [m["id"] for m in crashing.delivered + sink.delivered] == [str(nid), str(nid)]
     assert get_row(sessions, nid).status == "sent"
+
+
+def flaky_mark(monkeypatch: pytest.MonkeyPatch, failures: int | None) -> list[int]:
+    """Make the mark's statement run and then fail like a dropped connection, ``failures``
+    times (``None``: always). Returns the list the tries are counted in."""
+    real = notifications.mark_sent
+    tries: list[int] = []
+
+    def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None:
+        real(session, ids, now)  # written, then rolled back by the failure: a lost commit
+        tries.append(len(ids))
+        if failures is None or len(tries) <= failures:
+            raise StorageError("database unreachable (REAUTH_DATABASE_URL): connection lost")
+
+    monkeypatch.setattr(notifications, "mark_sent", mark_sent)
+    return tries
+
+
+def test_mark_retried_after_a_lost_connection_so_nothing_is_delivered_twice(
+    settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database drops the mark twice after delivery: the mark is retried (not left to the
+    lease, which would deliver the batch again), the rows end sent, and the counts are the
+    committed try's, not the sum of the tries."""
+    ids = {add_notification(sessions) for _ in range(3)}
+    tries = flaky_mark(monkeypatch, failures=2)
+    sink = RecordingSink()
+
+    with structlog.testing.capture_logs() as events:
+        result = dispatch(settings, sessions, sink)
+
+    assert tries == [3, 3, 3]
+    assert (result.sent, result.retried, result.dead) == (3, 0, 0)
+    assert sorted(result.sent_ids) == sorted(ids)
+    assert [e["tries"] for e in events if e["event"] == "notify.mark_retry"] == [1, 2]
+    assert all(get_row(sessions, nid).status == "sent" for nid in ids)
+    assert dispatch(settings, sessions, sink, now=NOW + settings.notify_lease).claimed == 0
+    assert len(sink.delivered) == 3
+
+
+def test_mark_gives_up_within_half_the_lease_and_the_lease_redelivers(
+    db_url: str,
+    settings_for: Callable[..., Settings],
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that stays down: the mark stops trying before the lease is half gone, raises
+    StorageError (the task's retry takes over), and the row, still claimed, is delivered again
+    after the lease: at least once, nothing lost."""
+    settings = settings_for(
+        db_url, notify_lease=timedelta(seconds=3), claim_heartbeat=timedelta(seconds=1)
+    )
+    nid = add_notification(sessions)
+    tries = flaky_mark(monkeypatch, failures=None)
+    sink = RecordingSink()
+
+    with pytest.raises(StorageError), structlog.testing.capture_logs() as events:
+        dispatch(settings, sessions, sink)
+
+    assert len(tries) >= 2
+    assert [e["event"] for e in events if e["log_level"] == "error"] == ["notify.mark_failed"]
+    row = get_row(sessions, nid)
+    assert (row.status, row.claim_owner) == ("pending", "relay-1")
+    monkeypatch.undo()
+    again = dispatch(settings, sessions, sink, now=NOW + settings.notify_lease, owner="relay-2")
+    assert again.sent == 1
+    assert [m["id"] for m in sink.delivered] == [str(nid), str(nid)]
 
 
 def test_stale_link_is_held_back_not_delivered(

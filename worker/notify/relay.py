@@ -14,6 +14,9 @@ transaction, and never talks to a sink while a transaction is open:
 
 A crash between deliver and mark leaves the row claimed; when the lease expires another run
 delivers it again with the same ``id``. Delivery is therefore at least once, and nothing is lost.
+A *database* failure at the mark (a dropped connection, a failover) is not a crash: the mark is
+retried with backoff for up to half the lease (:func:`record_with_retry`), because giving up there
+means delivering the whole batch a second time.
 
 With ``REAUTH_NOTIFY_GROUPING=user`` the claim takes whole users (rows not grouped yet, once the
 user's grouping window has closed) and whole groups (retries), :mod:`worker.core.grouping` forms
@@ -25,6 +28,7 @@ backoff, dead together; a stale link holds back its whole group.
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,7 +46,7 @@ from worker.core.backoff import backoff_delay
 from worker.core.contract import link_is_stale
 from worker.core.grouping import Group
 from worker.core.states import NotificationStatus
-from worker.errors import SinkError, SinkPermanentError, SinkTransientError
+from worker.errors import SinkError, SinkPermanentError, SinkTransientError, StorageError
 from worker.logging import scrub_all
 from worker.notify.sinks import DeliveryResult, Sink
 from worker.store import leases, notifications
@@ -157,6 +161,60 @@ def record_outcomes(
                     result.retried += 1
     result.sent += len(sent)
     result.sent_ids.extend(sent)
+
+
+#: First pause before retrying a failed mark, and the longest pause between two tries.
+MARK_RETRY_FIRST = 0.05
+MARK_RETRY_CAP = 1.0
+
+
+def record_with_retry(
+    sessions: sessionmaker[Session],
+    outcomes: dict[uuid.UUID, DeliveryResult],
+    *,
+    settings: Settings,
+    now: datetime,
+    owner: str,
+    result: RelayResult,
+    log: Log,
+    group_of: dict[uuid.UUID, uuid.UUID] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """:func:`record_outcomes`, retried on :class:`StorageError` for up to half the lease.
+
+    The messages are out already: if this mark fails for good, the lease expires and the whole
+    batch is delivered again. A dropped connection or a failover usually heals within seconds,
+    so the mark keeps trying (full-jitter backoff) while the rows are still ours, then gives up
+    and lets the lease do its work (at least once, nothing lost). Every try is a whole
+    transaction, and the mark is idempotent: ``mark_sent`` only moves PENDING rows, and a failed
+    row is updated only while this relay still holds it, so a commit that did land before its
+    acknowledgement was lost is not applied twice.
+    """
+    deadline = time.monotonic() + settings.notify_lease.total_seconds() / 2
+    pause = MARK_RETRY_FIRST
+    tries = 0
+    while True:
+        tries += 1
+        attempt = RelayResult()  # counts only from the try that committed
+        try:
+            record_outcomes(
+                sessions, outcomes, settings=settings, now=now, owner=owner,
+                result=attempt, log=log, group_of=group_of,
+            )  # fmt: skip
+        except StorageError as exc:
+            wait = random.uniform(0, pause)  # jitter, not a secret
+            if time.monotonic() + wait >= deadline:
+                log.error("notify.mark_failed", tries=tries, error=str(exc), rows=len(outcomes))
+                raise
+            log.warning("notify.mark_retry", tries=tries, error=str(exc), rows=len(outcomes))
+            sleep(wait)
+            pause = min(pause * 2, MARK_RETRY_CAP)
+            continue
+        result.sent += attempt.sent
+        result.retried += attempt.retried
+        result.dead += attempt.dead
+        result.sent_ids.extend(attempt.sent_ids)
+        return
 
 
 # --- the relay ----------------------------------------------------------------------------------
@@ -314,7 +372,7 @@ def deliver_batch(
         outcomes = {r: res for g, res in zip(groups, results, strict=True) for r in g.rows}
         group_of = {r: g.id for g in groups for r in g.rows}
         result.messages = len(messages)
-        record_outcomes(
+        record_with_retry(
             sessions,
             outcomes,
             settings=settings,
