@@ -305,7 +305,8 @@ def reauth_env(db_url: str, sandbox: Sandbox, **extra: str) -> dict[str, str]:
             "REAUTH_NOTIFY_SINK": "redis-stream",
             "REAUTH_NOTIFY_STREAM": STREAM,
             "REAUTH_LOG_FORMAT": "json",
-            "REAUTH_LOG_LEVEL": "WARNING",
+            # REAUTH_BENCH_LOG_LEVEL=INFO: the per-batch lines with their timings, for a look.
+            "REAUTH_LOG_LEVEL": os.environ.get("REAUTH_BENCH_LOG_LEVEL", "WARNING"),
             "PYTHONPATH": str(ROOT),
         }
     )

@@ -96,6 +96,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--skip-e2e", action="store_true", help="ingestion only")
     p.add_argument("--skip-ingest", action="store_true", help="the latency run only")
+    p.add_argument(
+        "--keep-db", action="store_true",
+        help=f"leave the database ({DB_NAME}) for inspection; the next run drops it",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=HERE, help="where results.json and RESULTS.md are")
     args = p.parse_args(argv)
     return args
@@ -484,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
             if not args.skip_e2e:
                 rows.append(e2e(db_url, sb, args, logs))
     finally:
-        infra.drop_database(DB_NAME)
+        if not args.keep_db:
+            infra.drop_database(DB_NAME)
         infra.flush_redis()
     env_info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     run = {

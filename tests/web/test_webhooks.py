@@ -5,6 +5,7 @@ worker's inline runtime against the MX sandbox right after each POST (``Hooks.po
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -446,10 +447,14 @@ class _SlowQueueing:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.calls = 0
+        self.prepared = 0
 
     def apply_webhooks(self) -> None:
         self.release.wait(10)
         self.calls += 1
+
+    def prepare(self) -> None:
+        self.prepared += 1
 
     def close(self) -> None:
         self.release.set()
@@ -469,6 +474,7 @@ def test_the_answer_does_not_wait_for_the_apply_job_to_be_queued(
     try:
         with serve_in_thread(create_app(web), name="reauth-serve") as port:
             url = f"http://127.0.0.1:{port}/mx/webhooks"
+            assert slow.prepared == 1  # at start-up, before the first request
             for i in range(3):
                 answer = httpx.post(url, json=_status(f"MBR-slow-{i}"), auth=AUTH, timeout=5)
                 assert answer.status_code == 204
@@ -484,3 +490,29 @@ def test_the_answer_does_not_wait_for_the_apply_job_to_be_queued(
     finally:
         slow.release.set()
         web.close()
+
+
+def test_prepare_warms_the_hand_on_and_never_raises(
+    db_url: str, sandbox: RunningSandbox, redis_url: str
+) -> None:
+    """``reauth serve`` prepares its follow-ups at start-up (the Celery app imported, the broker
+    and the flag's Redis connected), so the first webhook's apply job is queued at once; with
+    Redis down, prepare logs and returns, and the intake's own fallbacks take over."""
+    import structlog
+
+    from worker.app.followups import CeleryFollowups
+
+    up = Runtime(make_settings(db_url, sandbox, redis_url=redis_url))
+    down = Runtime(make_settings(db_url, sandbox, redis_url="redis://127.0.0.1:1/0"))
+    try:
+        for rt in (up, down):
+            assert isinstance(rt.followups, CeleryFollowups)
+        with structlog.testing.capture_logs() as events:
+            up.followups.prepare()
+            down.followups.prepare()
+        assert [e["event"] for e in events] == ["followups.ready", "followups.prepare_failed"]
+        assert events[1]["error"] == "ConnectionError"
+        assert "worker.app.celery_app" in sys.modules
+    finally:
+        up.close()
+        down.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -366,8 +367,8 @@ def _write(
                 result.ignored += len(ids)
             if out.due is not None:
                 due.append(out.due)
-            log.info("webhook.applied", member_guid=g.member_guid, events=len(ids),
-                     status=out.status, note=out.note)  # fmt: skip
+            log.debug("webhook.applied", member_guid=g.member_guid, events=len(ids),
+                      status=out.status, note=out.note)  # fmt: skip
         for (status, note), ids in finished.items():
             inbox.finish(s, ids, owner, status=status, note=note, now=now)
     return due
@@ -386,6 +387,7 @@ def apply_batch(
     while this one reads and writes."""
     result = ApplyResult()
     owner = leases.new_owner()
+    started = time.perf_counter()
     with session_scope(rt.sessions) as s:
         events = inbox.claim_pending(
             s, now=clock(), owner=owner, lease=rt.settings.claim_lease,
@@ -400,16 +402,26 @@ def apply_batch(
     if more is not None and len(events) >= rt.settings.batch_size:
         more()
     to_read = [g for g in groups.values() if g.read and not g.deleted]
+    claimed = time.perf_counter()
     if to_read:
         rt.run(_read_all(rt, to_read))
         result.members_read = len(to_read)
+    read = time.perf_counter()
     due = _write(rt, events=events, groups=groups, owner=owner, now=clock(), result=result)
+    written = time.perf_counter()
     for name in ("applied", "ignored", "retried", "failed"):
         if n := getattr(result, name):
             metrics.WEBHOOKS_APPLIED.labels(result=name).inc(n)
     if due:
         hand_on(due)
         result.regenerated = len(due)
+    # One line per batch (the inbox rows are the per-event record), with where its time went.
+    log.info(
+        "webhook.batch", **result.as_dict(),
+        claim_ms=round((claimed - started) * 1000, 1), read_ms=round((read - claimed) * 1000, 1),
+        write_ms=round((written - read) * 1000, 1),
+        hand_on_ms=round((time.perf_counter() - written) * 1000, 1),
+    )  # fmt: skip
     return result
 
 

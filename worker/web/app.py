@@ -342,6 +342,10 @@ def create_app(rt: Runtime, *, close_runtime: bool = False) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         # Per event loop (this server's): the webhook intake's run_in_threadpool.
         to_thread.current_default_thread_limiter().total_tokens = DB_THREADS
+        if rt.settings.mx_webhooks_enabled:
+            # Before the first request: the first webhook's apply job is queued at once instead
+            # of after the Celery app's import and the broker's first connection.
+            await run_in_threadpool(rt.followups.prepare)
         yield
         # The MX client's connections live on this server's loop: close them here.
         await rt.aclose_mx()
