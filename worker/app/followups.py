@@ -54,7 +54,9 @@ def redis_client(url: str) -> Any:
     """The flag's client: short timeouts, since a hand-on must not hang on Redis."""
     import redis
 
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    from worker.redis_options import client_options
+
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, **client_options())
 
 
 class CeleryFollowups:

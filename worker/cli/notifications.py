@@ -178,10 +178,14 @@ def tail(
     """
     import redis
 
+    from worker.redis_options import client_options
+
     settings = setup(quiet=True)
     if settings.redis_url is None:
         raise ConfigError("notifications tail needs REAUTH_REDIS_URL")
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=5, **client_options()
+    )
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = 0
     try:

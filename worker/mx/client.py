@@ -99,6 +99,7 @@ from worker.mx.sessions import (
 from worker.mx.transport import build_transport, request_url, translate_error
 from worker.mx.types import MemberRequest, MemberState, OAuthRequest, OAuthWindow
 from worker.mx.uri import UriRules, check_uri
+from worker.redis_options import client_options
 
 log = structlog.get_logger(__name__)
 
@@ -252,6 +253,7 @@ class MxClient:
                 timeout=s.mx_timeout,
                 socket_timeout=5.0,
                 socket_connect_timeout=5.0,
+                **client_options(),  # no package-metadata read per new connection
             )
             redis = aioredis.Redis.from_pool(pool)  # from_pool: aclose() closes the pool
             limiter = RedisRateLimiter(

@@ -23,6 +23,7 @@ import redis
 
 from worker.config import NotifySink, Settings
 from worker.errors import ConfigError, SinkError, SinkPermanentError, SinkTransientError
+from worker.redis_options import client_options
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -106,7 +107,10 @@ class RedisStreamSink:
     @classmethod
     def from_url(cls, url: str, *, stream: str, maxlen: int) -> RedisStreamSink:
         client = redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+            url,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            **client_options(),
         )
         return cls(client, stream=stream, maxlen=maxlen)
 

@@ -35,6 +35,7 @@ from worker import metrics
 from worker.clock import utc_now
 from worker.errors import MxError, ReauthError
 from worker.mx import OAuthWindow
+from worker.redis_options import client_options
 from worker.runtime import Runtime
 from worker.service import reconnect
 from worker.store.db import session_scope
@@ -314,7 +315,9 @@ def _ping(rt: Runtime) -> None:
 
         from worker.errors import StorageError
 
-        client = redis.Redis.from_url(rt.settings.redis_url, socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            rt.settings.redis_url, socket_connect_timeout=2, **client_options()
+        )
         try:
             client.ping()
         except redis.RedisError as exc:
