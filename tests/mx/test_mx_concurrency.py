@@ -166,3 +166,22 @@ def test_redis_down_is_a_transient_connection_error(served: MxEnv) -> None:
 
     with pytest.raises(MxError, match="Redis unavailable"):
         run(go())
+
+
+def test_prepare_builds_the_loop_state_without_a_request(served: MxEnv) -> None:
+    """``prepare`` (a Celery pool process's start-up) builds the transport, limiter and
+    session store on the runner's loop and sends nothing; the first batch then runs on them."""
+    from worker.app import celery_app
+    from worker.app.celery_app import _prepare_process
+
+    client = served.client()
+    with asyncio.Runner() as runner:
+        runner.run(client.prepare())
+        assert served.requests() == []
+        with pytest.raises(RuntimeError):  # the state is bound to the runner's loop already
+            asyncio.run(spread(client, 1, 1))
+        runner.run(spread(client, 3, 1))
+        runner.run(client.aclose())
+    assert served.sessions_created() == 1
+    receivers = [r[1]() for r in celery_app.signals.worker_process_init.receivers]
+    assert _prepare_process in receivers

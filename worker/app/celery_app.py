@@ -163,6 +163,23 @@ def _start_tracing(**_: Any) -> None:
     tracing.setup("reauth-worker")
 
 
+@signals.worker_process_init.connect
+def _prepare_process(**_: Any) -> None:
+    # Each prefork child builds its runtime and its MX client's transport now, while it is
+    # idle: otherwise the first batch a child takes pays for them (py-spy saw the SSL context
+    # alone at ~5% of a pool process's CPU in the webhook benchmark's burst). Never fatal:
+    # a configuration error is reported by the first task, as before.
+    import structlog
+
+    from worker.app.tasks import PROCESS
+
+    try:
+        rt = PROCESS.get()
+        rt.run(rt.mx.prepare())
+    except Exception as exc:
+        structlog.get_logger(__name__).warning("worker.prepare_failed", error=type(exc).__name__)
+
+
 @signals.worker_process_shutdown.connect
 def _close_runtime(pid: int | None = None, **_: Any) -> None:
     import os

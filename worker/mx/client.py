@@ -204,6 +204,11 @@ class MxClient:
     ) -> None:
         await self.aclose()
 
+    async def prepare(self) -> None:
+        """Build this loop's transport, rate limiter and session store now (an SSL context
+        among them) instead of in the first call of the first batch. Opens no connection."""
+        self._loop_state()
+
     async def aclose(self) -> None:
         """Close connections on the current loop. Safe to call twice; the client stays usable."""
         state, self._state = self._state, None
