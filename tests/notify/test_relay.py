@@ -7,6 +7,7 @@ the refresh step's job: tests/service/test_pipeline.py).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -251,53 +252,103 @@ def test_crash_between_delivery_and_mark_redelivers_same_id_after_lease(
     assert get_row(sessions, nid).status == "sent"
 
 
-def flaky_mark(monkeypatch: pytest.MonkeyPatch, failures: int | None) -> list[int]:
-    """Make the mark's statement run and then fail like a dropped connection, ``failures``
-    times (``None``: always). Returns the list the tries are counted in."""
+def flaky_mark(
+    monkeypatch: pytest.MonkeyPatch, failures: int | None, *, landed: bool = False
+) -> list[int]:
+    """Make the mark fail like a dropped connection, ``failures`` times (``None``: always):
+    before its commit (rolled back), or with ``landed`` after it (the commit is in, its
+    acknowledgement lost). Returns the list the tries are counted in (rows marked each)."""
     real = notifications.mark_sent
     tries: list[int] = []
 
     def mark_sent(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> None:
-        real(session, ids, now)  # written, then rolled back by the failure: a lost commit
+        real(session, ids, now)
         tries.append(len(ids))
         if failures is None or len(tries) <= failures:
+            if landed:
+                session.commit()
             raise StorageError("database unreachable (REAUTH_DATABASE_URL): connection lost")
 
     monkeypatch.setattr(notifications, "mark_sent", mark_sent)
     return tries
 
 
+def sent_rows(sessions: sessionmaker[Session]) -> int:
+    with session_scope(sessions) as s:
+        return s.query(Notification).filter(Notification.status == "sent").count()
+
+
 def test_mark_retried_after_a_lost_connection_so_nothing_is_delivered_twice(
     settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The database drops the mark twice after delivery: the mark is retried (not left to the
-    lease, which would deliver the batch again), the rows end sent, and the counts are the
-    committed try's, not the sum of the tries."""
+    """The database drops the mark twice after delivery (rolled back): the mark is retried
+    (not left to the lease, which would deliver the batch again), the rows end sent, a failed
+    delivery in the same batch is counted and logged dead once, from the try that committed."""
     ids = {add_notification(sessions) for _ in range(3)}
+    doomed = add_notification(sessions)
+    with session_scope(sessions) as s:  # two failures behind it: its third is its last
+        s.execute(update(Notification).where(Notification.id == doomed).values(attempts=2))
     tries = flaky_mark(monkeypatch, failures=2)
-    sink = RecordingSink()
 
+    class FailsOne(RecordingSink):
+        def deliver(self, messages: Sequence[Message]) -> list[DeliveryResult]:
+            super().deliver(messages)
+            return [
+                DeliveryResult(SinkTransientError("busy")) if m["id"] == str(doomed) else DELIVERED
+                for m in messages
+            ]
+
+    sink = FailsOne()
     with structlog.testing.capture_logs() as events:
         result = dispatch(settings, sessions, sink)
 
     assert tries == [3, 3, 3]
-    assert (result.sent, result.retried, result.dead) == (3, 0, 0)
+    assert (result.sent, result.retried, result.dead) == (3, 0, 1)
     assert sorted(result.sent_ids) == sorted(ids)
-    assert [e["tries"] for e in events if e["event"] == "notify.mark_retry"] == [1, 2]
+    retries = [e for e in events if e["event"] == "notify.mark_retry"]
+    assert [(e["tries"], e["error_type"]) for e in retries] == [
+        (1, "StorageError"),
+        (2, "StorageError"),
+    ]
+    assert [e["notification_id"] for e in events if e["event"] == "notify.dead"] == [str(doomed)]
     assert all(get_row(sessions, nid).status == "sent" for nid in ids)
+    assert get_row(sessions, doomed).status == "dead"
     assert dispatch(settings, sessions, sink, now=NOW + settings.notify_lease).claimed == 0
-    assert len(sink.delivered) == 3
+    assert len(sink.delivered) == 4
 
 
-def test_mark_gives_up_within_half_the_lease_and_the_lease_redelivers(
+def test_a_mark_whose_commit_landed_is_not_applied_twice(
+    settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark's commit lands but its acknowledgement is lost: the retry finds the rows sent
+    already and changes nothing (one funnel NOTIFIED per row, not two); nothing is redelivered."""
+    from models import FunnelEvent
+
+    ids = {add_notification(sessions) for _ in range(2)}
+    tries = flaky_mark(monkeypatch, failures=1, landed=True)
+    sink = RecordingSink()
+
+    result = dispatch(settings, sessions, sink)
+
+    assert tries == [2, 2]  # asked again: its UPDATE matches no PENDING row, so nothing moves
+    assert result.sent == 2
+    assert sent_rows(sessions) == 2
+    with session_scope(sessions) as s:
+        assert s.query(FunnelEvent).count() == 2
+    assert dispatch(settings, sessions, sink, now=NOW + settings.notify_lease).claimed == 0
+    assert sorted(m["id"] for m in sink.delivered) == sorted(str(i) for i in ids)
+
+
+def test_mark_gives_up_before_the_claim_runs_out_and_the_lease_redelivers(
     db_url: str,
     settings_for: Callable[..., Settings],
     sessions: sessionmaker[Session],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A database that stays down: the mark stops trying before the lease is half gone, raises
-    StorageError (the task's retry takes over), and the row, still claimed, is delivered again
-    after the lease: at least once, nothing lost."""
+    """A database that stays down: the mark stops trying one heartbeat before the claim's
+    lease ends (lease 3 s, heartbeat 1 s: within 2 s), raises StorageError (the task's retry
+    takes over), and the row, still claimed, is delivered again after the lease: at least
+    once, nothing lost."""
     settings = settings_for(
         db_url, notify_lease=timedelta(seconds=3), claim_heartbeat=timedelta(seconds=1)
     )
@@ -305,10 +356,13 @@ def test_mark_gives_up_within_half_the_lease_and_the_lease_redelivers(
     tries = flaky_mark(monkeypatch, failures=None)
     sink = RecordingSink()
 
+    started = time.monotonic()
     with pytest.raises(StorageError), structlog.testing.capture_logs() as events:
         dispatch(settings, sessions, sink)
+    elapsed = time.monotonic() - started
 
-    assert len(tries) >= 2
+    assert 1.0 < elapsed < 2.0
+    assert len(tries) >= 3
     assert [e["event"] for e in events if e["log_level"] == "error"] == ["notify.mark_failed"]
     row = get_row(sessions, nid)
     assert (row.status, row.claim_owner) == ("pending", "relay-1")

@@ -100,21 +100,29 @@ class CeleryFollowups:
         # A process that only hands on now and then (``reauth serve``) would otherwise pay for
         # importing the Celery app, its result backend and the first broker connection on its
         # first webhook: measured at 1.5-1.7 s on an idle 2-core machine, by which the first
-        # batch of events waited for its apply job.
+        # batch of events waited for its apply job. The two connections are tried on their own:
+        # one being down does not keep the other cold.
         started = time.perf_counter()
+        failed: list[str] = []
         try:
             from worker.app.celery_app import app
 
             app.backend  # noqa: B018 - imported lazily by the first send_task
             with app.producer_or_acquire() as producer:
                 producer.connection.ensure_connection(max_retries=1)
-            if self._redis_url is not None:
-                self._client = redis_client(self._redis_url)
-                self._client.ping()
-        except Exception as exc:  # the broker or Redis is down: the first hand-on retries
-            log.warning("followups.prepare_failed", error=type(exc).__name__)
-            return
-        log.info("followups.ready", ms=round((time.perf_counter() - started) * 1000, 1))
+        except Exception as exc:  # the broker is down: the first hand-on retries
+            failed.append(f"broker: {type(exc).__name__}")
+        if self._redis_url is not None:
+            try:
+                client = self._client or redis_client(self._redis_url)
+                client.ping()
+                self._client = client
+            except Exception as exc:  # Redis is down: the flag falls back to always queueing
+                failed.append(f"redis: {type(exc).__name__}")
+        if failed:
+            log.warning("followups.prepare_failed", error=", ".join(failed))
+        else:
+            log.info("followups.ready", ms=round((time.perf_counter() - started) * 1000, 1))
 
     def _flag(
         self, *, set_it: bool, key: str = DELIVER_QUEUED_KEY, timed: str | None = None

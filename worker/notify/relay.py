@@ -15,8 +15,8 @@ transaction, and never talks to a sink while a transaction is open:
 A crash between deliver and mark leaves the row claimed; when the lease expires another run
 delivers it again with the same ``id``. Delivery is therefore at least once, and nothing is lost.
 A *database* failure at the mark (a dropped connection, a failover) is not a crash: the mark is
-retried with backoff for up to half the lease (:func:`record_with_retry`), because giving up there
-means delivering the whole batch a second time.
+retried with backoff while the claim still holds (:func:`record_with_retry`), because giving up
+there means delivering the whole batch a second time.
 
 With ``REAUTH_NOTIFY_GROUPING=user`` the claim takes whole users (rows not grouped yet, once the
 user's grouping window has closed) and whole groups (retries), :mod:`worker.core.grouping` forms
@@ -118,6 +118,7 @@ def record_outcomes(
     group_of = group_of or {}
     sent = [nid for nid, outcome in outcomes.items() if outcome.delivered]
     failed = {nid: o for nid, o in outcomes.items() if not o.delivered}
+    dead_lines: list[dict[str, Any]] = []  # logged once committed (a try may roll back)
     with session_scope(sessions) as session:
         notifications.mark_sent(session, sent, now)
         together: dict[uuid.UUID, list[Any]] = {}
@@ -149,16 +150,15 @@ def record_outcomes(
                 if dead:
                     row.status = NotificationStatus.DEAD
                     result.dead += 1
-                    log.warning(
-                        "notify.dead",
-                        notification_id=str(row.id),
-                        attempts=row.attempts,
-                        error=row.last_error,
-                        permanent=permanent,
+                    dead_lines.append({
+                        "notification_id": str(row.id), "attempts": row.attempts,
+                        "error": row.last_error, "permanent": permanent,
                         **({"message_id": str(message_id)} if message_id != row.id else {}),
-                    )
+                    })  # fmt: skip
                 else:
                     result.retried += 1
+    for line in dead_lines:
+        log.warning("notify.dead", **line)
     result.sent += len(sent)
     result.sent_ids.extend(sent)
 
@@ -166,6 +166,24 @@ def record_outcomes(
 #: First pause before retrying a failed mark, and the longest pause between two tries.
 MARK_RETRY_FIRST = 0.05
 MARK_RETRY_CAP = 1.0
+#: The mark never retries longer than this, whatever the lease: well inside a task's soft time
+#: limit (REAUTH_TASK_TIME_LIMIT - 10 s, 80 s by default).
+MARK_RETRY_MAX = 30.0
+
+
+@dataclass
+class LeaseClock:
+    """When this relay's claim on its rows runs out, on the monotonic clock: the claim's lease,
+    pushed on by each heartbeat that was written (a failed one does not count)."""
+
+    lease: float
+    ends: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renewed()
+
+    def renewed(self) -> None:
+        self.ends = time.monotonic() + self.lease
 
 
 def record_with_retry(
@@ -178,19 +196,24 @@ def record_with_retry(
     result: RelayResult,
     log: Log,
     group_of: dict[uuid.UUID, uuid.UUID] | None = None,
+    lease: LeaseClock | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """:func:`record_outcomes`, retried on :class:`StorageError` for up to half the lease.
+    """:func:`record_outcomes`, retried on :class:`StorageError` while the rows are still ours.
 
     The messages are out already: if this mark fails for good, the lease expires and the whole
     batch is delivered again. A dropped connection or a failover usually heals within seconds,
-    so the mark keeps trying (full-jitter backoff) while the rows are still ours, then gives up
-    and lets the lease do its work (at least once, nothing lost). Every try is a whole
-    transaction, and the mark is idempotent: ``mark_sent`` only moves PENDING rows, and a failed
-    row is updated only while this relay still holds it, so a commit that did land before its
-    acknowledgement was lost is not applied twice.
+    so the mark keeps trying (full-jitter backoff) until one heartbeat interval before the claim
+    runs out (``lease``; at most :data:`MARK_RETRY_MAX`), then raises and lets the lease do its
+    work (at least once, nothing lost). Every try is a whole transaction, and the mark is
+    idempotent: ``mark_sent`` only moves PENDING rows, and a failed row is updated only while
+    this relay still holds it. So a try whose commit landed but whose acknowledgement was lost
+    is not applied twice; the retry then finds nothing left to do, and this batch's
+    ``retried``/``dead`` counts miss those rows (the rows themselves are right).
     """
-    deadline = time.monotonic() + settings.notify_lease.total_seconds() / 2
+    lease = lease or LeaseClock(settings.notify_lease.total_seconds())
+    started = time.monotonic()
+    deadline = min(lease.ends - settings.claim_heartbeat.total_seconds(), started + MARK_RETRY_MAX)
     pause = MARK_RETRY_FIRST
     tries = 0
     while True:
@@ -203,10 +226,11 @@ def record_with_retry(
             )  # fmt: skip
         except StorageError as exc:
             wait = random.uniform(0, pause)  # jitter, not a secret
+            fields = {"tries": tries, "error_type": type(exc).__name__, "error": str(exc)}
             if time.monotonic() + wait >= deadline:
-                log.error("notify.mark_failed", tries=tries, error=str(exc), rows=len(outcomes))
+                log.error("notify.mark_failed", rows=len(outcomes), **fields)
                 raise
-            log.warning("notify.mark_retry", tries=tries, error=str(exc), rows=len(outcomes))
+            log.warning("notify.mark_retry", rows=len(outcomes), **fields)
             sleep(wait)
             pause = min(pause * 2, MARK_RETRY_CAP)
             continue
@@ -276,8 +300,10 @@ def _renew_leases(
     now: datetime,
     settings: Settings,
     log: Log,
+    lease: LeaseClock,
 ) -> Callable[[], None]:
-    """The relay's heartbeat while a sink delivers: the rows stay ours for one more lease."""
+    """The relay's heartbeat while a sink delivers: the rows stay ours for one more lease
+    (``lease`` learns when a renewal was written)."""
     started = time.monotonic()
 
     def beat() -> None:
@@ -286,6 +312,7 @@ def _renew_leases(
         try:
             with session_scope(sessions) as session:
                 notifications.renew(session, ids, owner, until=until)
+            lease.renewed()
         except Exception:  # the next beat tries again; the lease covers two misses
             log.warning("notify.heartbeat_failed", exc_info=True)
 
@@ -311,6 +338,8 @@ def deliver_batch(
     # force now (worker start-up, CLI, a test's capture) instead of the one at first use.
     log = structlog.get_logger(__name__).bind(relay_owner=owner, sink=sink.name)
     result = RelayResult()
+    # Started before the claim's transaction: never later than the lease it writes.
+    lease = LeaseClock(settings.notify_lease.total_seconds())
     with session_scope(sessions) as session:
         if settings.notify_grouping is NotifyGrouping.USER:
             batch = notifications.claim_due_groups(
@@ -354,7 +383,9 @@ def deliver_batch(
         # the payload happens to say.
         messages = [grouping.message_for(g, payloads) for g in groups]
         ids = [r for g in groups for r in g.rows]
-        beat = _renew_leases(sessions, ids, owner=owner, now=now, settings=settings, log=log)
+        beat = _renew_leases(
+            sessions, ids, owner=owner, now=now, settings=settings, log=log, lease=lease
+        )
         # One span for the batch, linked to the span that wrote each row (its member's MX call):
         # the delivery often runs in another trace (a sweep, the end of a grouping window).
         written = {c.id: c.trace_parent for c in batch}
@@ -381,6 +412,7 @@ def deliver_batch(
             result=result,
             log=log,
             group_of=group_of,
+            lease=lease,
         )
     log.info("notify.relayed", **result.as_dict())
     return result

@@ -399,10 +399,10 @@ def apply_batch(
     result.events = len(events)
     if not events:
         return result
-    if more is not None and len(events) >= rt.settings.batch_size:
-        more()
-    to_read = [g for g in groups.values() if g.read and not g.deleted]
     claimed = time.perf_counter()
+    if more is not None and len(events) >= rt.settings.batch_size:
+        more()  # counted in read_ms: it talks to Redis and the broker
+    to_read = [g for g in groups.values() if g.read and not g.deleted]
     if to_read:
         rt.run(_read_all(rt, to_read))
         result.members_read = len(to_read)

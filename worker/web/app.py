@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -346,9 +347,13 @@ def create_app(rt: Runtime, *, close_runtime: bool = False) -> Starlette:
         # Per event loop (this server's): the webhook intake's run_in_threadpool.
         to_thread.current_default_thread_limiter().total_tokens = DB_THREADS
         if rt.settings.mx_webhooks_enabled:
-            # Before the first request: the first webhook's apply job is queued at once instead
-            # of after the Celery app's import and the broker's first connection.
-            await run_in_threadpool(rt.followups.prepare)
+            # So the first webhook's apply job is queued at once, not after the Celery app's
+            # import and the broker's first connection. On a thread of its own, not awaited: a
+            # broker that is slow or down must not hold up start-up (a rolling restart gives a
+            # new process a few seconds), and the answers never wait for queueing anyway.
+            threading.Thread(
+                target=rt.followups.prepare, name="reauth-followups-prepare", daemon=True
+            ).start()
         yield
         # The MX client's connections live on this server's loop: close them here.
         await rt.aclose_mx()
