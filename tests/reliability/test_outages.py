@@ -100,9 +100,9 @@ def test_postgres_connections_killed_mid_run(
     pg_url: str, broker_url: str, sandbox: RunningSandbox, tmp_path: Path, engines: Any
 ) -> None:
     """Every connection to the database is terminated, twenty times a second for three
-    seconds and on until a task has met a kill, while batches run: tasks fail with StorageError and are retried (or their claims
-    retaken by a rescan), no batch is ever half-written, and the run ends with exactly one
-    notification per member."""
+    seconds and on until a task has met a kill, while batches run: tasks fail with
+    StorageError and are retried (or their claims retaken by a rescan), no batch is ever
+    half-written, and the run ends with exactly one notification per member."""
     engine = engines(pg_url)
     expected = populate(engine, 168, utc_now())
     want = sum(k.notified for k in expected.values())
