@@ -346,7 +346,7 @@ def test_mark_gives_up_before_the_claim_runs_out_and_the_lease_redelivers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A database that stays down: the mark stops trying one heartbeat before the claim's
-    lease ends (lease 3 s, heartbeat 1 s: within 2 s), raises StorageError (the task's retry
+    lease ends (lease 3 s, heartbeat 1 s: ~2 s in), raises StorageError (the task's retry
     takes over), and the row, still claimed, is delivered again after the lease: at least
     once, nothing lost."""
     settings = settings_for(
@@ -361,7 +361,9 @@ def test_mark_gives_up_before_the_claim_runs_out_and_the_lease_redelivers(
         dispatch(settings, sessions, sink)
     elapsed = time.monotonic() - started
 
-    assert 1.0 < elapsed < 2.0
+    # It kept trying for a while (its deadline is ~2 s in), and stopped before the lease (3 s)
+    # ran out, when another relay may take the rows: loose bounds, not a speed measurement.
+    assert 0.5 < elapsed < 3.0
     assert len(tries) >= 3
     assert [e["event"] for e in events if e["log_level"] == "error"] == ["notify.mark_failed"]
     row = get_row(sessions, nid)
