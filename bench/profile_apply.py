@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import json
-import os
-import pstats
 import sys
 import time
 from pathlib import Path
 
 from bench import infra
-from bench.profile_batch import stage_table
+from bench.profile_batch import cpu_report, worker_runtime
 
 
 def main() -> None:
@@ -50,25 +47,11 @@ def main() -> None:
     infra.seed_members(url, total=args.events, due=0, now=utc_now(), users=args.users)
     with infra.sandbox_process(args.latency, logs / "profile-apply-sandbox.log") as sb:
         sb.configure(latency=args.latency, default_connection_status="DENIED")
-        env = infra.reauth_env(
-            url,
-            sb,
-            REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
-            REAUTH_BATCH_SIZE=str(args.batch_size),
-            REAUTH_LOG_LEVEL=args.log_level.upper(),
-        )
-        os.environ.update({k: v for k, v in env.items() if k.startswith("REAUTH_")})
+        rt = worker_runtime(url, sb, args)
         from sqlalchemy import text
 
-        from worker.cli.output import setup
-        from worker.config import get_settings
-        from worker.runtime import Runtime, tune_gc
         from worker.service import webhooks
 
-        get_settings.cache_clear()
-        tune_gc()
-        setup()
-        rt = Runtime(get_settings())
         with rt.engine.connect() as conn:
             rows = conn.execute(text("SELECT member_guid, user_guid FROM members ORDER BY id"))
             bodies = [
@@ -103,19 +86,16 @@ def main() -> None:
         cp.enable()
         n = sum(batch() for _ in range(batches - half))
         cp.disable()
-        buf = io.StringIO()
-        buf.write(
+        report = cpu_report(
+            cp,
+            n,
             f"cProfile on the CPU clock, {n} events (batch {args.batch_size}), MX latency "
-            f"{args.latency}s, log level {args.log_level}; {line}\n\n"
+            f"{args.latency}s, log level {args.log_level}; {line}",
+            unit="event",
         )
-        buf.write(stage_table(pstats.Stats(cp), n).replace("per member", "per event"))
-        buf.write("\n")
-        stats = pstats.Stats(cp, stream=buf)
-        stats.sort_stats("tottime").print_stats(30)
-        stats.sort_stats("cumulative").print_stats(45)
         if not args.no_write:
-            (out / f"apply-{args.latency}-cpu.txt").write_text(buf.getvalue())
-        sys.stdout.write(buf.getvalue()[:9000])
+            (out / f"apply-{args.latency}-cpu.txt").write_text(report)
+        sys.stdout.write(report[:9000])
         rt.close()
     infra.drop_database()
 

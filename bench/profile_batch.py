@@ -21,6 +21,7 @@ benchmark's setting.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pstats
 import time
@@ -58,29 +59,12 @@ def main() -> None:
 
     infra.seed_members(url, total=due * 10, due=due, now=utc_now(), users=args.users)
     with infra.sandbox_process(args.latency, logs / "profile-sandbox.log") as sb:
-        env = infra.reauth_env(
-            url,
-            sb,
-            REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
-            REAUTH_BATCH_SIZE=str(args.batch_size),
-            REAUTH_LOG_LEVEL=args.log_level.upper(),
-        )
-        os.environ.update({k: v for k, v in env.items() if k.startswith("REAUTH_")})
-        from worker.cli.output import setup
-        from worker.config import get_settings
-        from worker.runtime import Runtime
+        rt = worker_runtime(url, sb, args, tune=not args.default_gc)
         from worker.service.regenerate import regenerate_batch
         from worker.store import leases
         from worker.store import members as repo
         from worker.store.db import session_scope
 
-        get_settings.cache_clear()
-        if not args.default_gc:
-            from worker.runtime import tune_gc
-
-            tune_gc()  # as the Celery parent does before forking its pool (worker_init)
-        setup()  # the worker's logging (JSON, --log-level), as in a pool process
-        rt = Runtime(get_settings())
         pages = []
         after = None
         now = utc_now()
@@ -131,8 +115,6 @@ def main() -> None:
             f"process, {cpu / members * 1000:.2f} ms CPU per member"
         )
         import cProfile
-        import io
-        import pstats
         import sys
 
         tag = f"{args.latency}-{args.log_level.lower()}"
@@ -144,18 +126,14 @@ def main() -> None:
             regenerate_batch(rt, ids, owner, clock=utc_now)
         cp.disable()
         n = sum(len(ids) for ids, _ in profiled)
-        buf = io.StringIO()
-        buf.write(
+        report = cpu_report(
+            cp,
+            n,
             f"cProfile on the CPU clock, {n} members, MX latency {args.latency}s, log level "
-            f"{args.log_level}; unprofiled: {cpu / members * 1000:.2f} ms CPU per member\n\n"
+            f"{args.log_level}; unprofiled: {cpu / members * 1000:.2f} ms CPU per member",
         )
-        buf.write(stage_table(pstats.Stats(cp), n))
-        buf.write("\n")
-        stats = pstats.Stats(cp, stream=buf)
-        stats.sort_stats("tottime").print_stats(30)
-        stats.sort_stats("cumulative").print_stats(40)
-        (out / f"regenerate-{tag}-cpu.txt").write_text(buf.getvalue())
-        sys.stdout.write(buf.getvalue()[:6000])
+        (out / f"regenerate-{tag}-cpu.txt").write_text(report)
+        sys.stdout.write(report[:6000])
         profiler = Profiler(interval=0.001)
         profiler.start()
         for ids, owner in pages[half:]:
@@ -185,8 +163,44 @@ STAGES = (
 )
 
 
-def stage_table(stats: pstats.Stats, members: int) -> str:
-    """CPU µs per member by stage: the profile's own (tottime) CPU summed by file."""
+def worker_runtime(
+    url: str, sandbox: infra.Sandbox, args: argparse.Namespace, *, tune: bool = True
+) -> Any:
+    """A worker's runtime in this process, as in a pool process: its REAUTH_ environment (the
+    sandbox, ``args``' batch size, in-flight cap and log level), the collector settings the
+    Celery parent sets before forking (``tune``) and the worker's logging."""
+    env = infra.reauth_env(
+        url,
+        sandbox,
+        REAUTH_MX_MAX_CONCURRENCY=str(args.mx_concurrency),
+        REAUTH_BATCH_SIZE=str(args.batch_size),
+        REAUTH_LOG_LEVEL=args.log_level.upper(),
+    )
+    os.environ.update({k: v for k, v in env.items() if k.startswith("REAUTH_")})
+    from worker.cli.output import setup
+    from worker.config import get_settings
+    from worker.runtime import Runtime, tune_gc
+
+    get_settings.cache_clear()
+    if tune:
+        tune_gc()  # as the Celery parent does before forking its pool (worker_init)
+    setup()  # the worker's logging (JSON, --log-level), as in a pool process
+    return Runtime(get_settings())
+
+
+def cpu_report(profile: Any, n: int, header: str, *, unit: str = "member") -> str:
+    """A CPU-clock cProfile as text: ``header``, CPU per ``unit`` by stage, the top functions
+    by own and by cumulative time."""
+    buf = io.StringIO()
+    buf.write(f"{header}\n\n{stage_table(pstats.Stats(profile), n, unit=unit)}\n")
+    stats = pstats.Stats(profile, stream=buf)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(40)
+    return buf.getvalue()
+
+
+def stage_table(stats: pstats.Stats, n: int, *, unit: str = "member") -> str:
+    """CPU µs per ``unit`` by stage: the profile's own (tottime) CPU summed by file."""
     totals: dict[str, float] = {name: 0.0 for name, _ in STAGES}
     totals["other (C builtins: sockets, json, ...)"] = 0.0
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
@@ -201,10 +215,10 @@ def stage_table(stats: pstats.Stats, members: int) -> str:
         else:
             totals["other (C builtins: sockets, json, ...)"] += tt
     whole = sum(totals.values()) or 1.0
-    lines = ["| stage | CPU us/member | share |", "|---|---:|---:|"]
+    lines = [f"| stage | CPU us/{unit} | share |", "|---|---:|---:|"]
     for name, tt in sorted(totals.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {name} | {tt / members * 1e6:.0f} | {tt / whole:.0%} |")
-    lines.append(f"| **total (profiled)** | {whole / members * 1e6:.0f} | 100% |")
+        lines.append(f"| {name} | {tt / n * 1e6:.0f} | {tt / whole:.0%} |")
+    lines.append(f"| **total (profiled)** | {whole / n * 1e6:.0f} | 100% |")
     return "\n".join(lines) + "\n"
 
 

@@ -82,6 +82,13 @@ class RelayResult:
         data.pop("sent_ids")
         return data
 
+    def add(self, marked: RelayResult) -> None:
+        """Take in what a mark committed (its sent, retried and dead rows)."""
+        self.sent += marked.sent
+        self.retried += marked.retried
+        self.dead += marked.dead
+        self.sent_ids.extend(marked.sent_ids)
+
 
 # --- step 2: stale links --------------------------------------------------------------------------
 
@@ -195,9 +202,8 @@ def record_with_retry(
     owner: str,
     result: RelayResult,
     log: Log,
-    group_of: dict[uuid.UUID, uuid.UUID] | None = None,
-    lease: LeaseClock | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    group_of: dict[uuid.UUID, uuid.UUID] | None,
+    lease: LeaseClock,
 ) -> None:
     """:func:`record_outcomes`, retried on :class:`StorageError` while the rows are still ours.
 
@@ -211,7 +217,6 @@ def record_with_retry(
     is not applied twice; the retry then finds nothing left to do, and this batch's
     ``retried``/``dead`` counts miss those rows (the rows themselves are right).
     """
-    lease = lease or LeaseClock(settings.notify_lease.total_seconds())
     started = time.monotonic()
     deadline = min(lease.ends - settings.claim_heartbeat.total_seconds(), started + MARK_RETRY_MAX)
     pause = MARK_RETRY_FIRST
@@ -231,13 +236,10 @@ def record_with_retry(
                 log.error("notify.mark_failed", rows=len(outcomes), **fields)
                 raise
             log.warning("notify.mark_retry", rows=len(outcomes), **fields)
-            sleep(wait)
+            time.sleep(wait)
             pause = min(pause * 2, MARK_RETRY_CAP)
             continue
-        result.sent += attempt.sent
-        result.retried += attempt.retried
-        result.dead += attempt.dead
-        result.sent_ids.extend(attempt.sent_ids)
+        result.add(attempt)
         return
 
 
